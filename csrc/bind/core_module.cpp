@@ -1,0 +1,41 @@
+// _core: the CPU kernels of fusedtrain.
+#include <omp.h>
+#include <pybind11/pybind11.h>
+
+#include "cpu/optim_cpu.h"
+#include "cpu/parallel.h"
+
+namespace py = pybind11;
+
+namespace fusedtrain::bind {
+void bind_optim(py::module_& m);
+}
+
+#ifndef FT_CXX_COMPILER
+#define FT_CXX_COMPILER "unknown"
+#endif
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fusedtrain CPU kernels (C++, OpenMP, runtime SIMD dispatch)";
+
+  m.def(
+      "set_num_threads",
+      [](int n) {
+        if (n < 1)
+          throw py::value_error("n: expected a thread count >= 1, received " + std::to_string(n));
+        fusedtrain::cpu::set_num_threads(n);
+      },
+      py::arg("n"), "Set the number of threads the kernels use.");
+  m.def("get_num_threads", &fusedtrain::cpu::num_threads,
+        "Number of threads the kernels use.");
+  m.def("build_info", []() {
+    py::dict d;
+    d["simd"] = fusedtrain::cpu::simd_level();
+    d["num_threads"] = fusedtrain::cpu::num_threads();
+    d["openmp"] = int(_OPENMP);
+    d["compiler"] = FT_CXX_COMPILER;
+    return d;
+  });
+
+  fusedtrain::bind::bind_optim(m);
+}

@@ -1,0 +1,98 @@
+// Bindings of the fused optimizer steps. Hyperparameters arrive validated
+// from fusedtrain.ops; the arrays are validated here (bind/tensor_list.h).
+// Validation needs the GIL, so each binding releases it itself right before
+// the kernel instead of using call_guard.
+#include <pybind11/pybind11.h>
+
+#include "bind/tensor_list.h"
+#include "cpu/optim_cpu.h"
+
+namespace py = pybind11;
+
+namespace fusedtrain::bind {
+
+void bind_optim(py::module_& m) {
+  using cpu::DType;
+
+  m.def(
+      "adam_",
+      [](py::handle params, py::handle grads, py::handle exp_avg, py::handle exp_avg_sq,
+         py::handle max_exp_avg_sq, int64_t step, double lr, double beta1, double beta2,
+         double eps, double weight_decay, double l1, bool amsgrad, bool decoupled,
+         bool maximize) {
+        std::vector<SlotArg> slots = {{"params", params, true},
+                                      {"grads", grads, false},
+                                      {"exp_avg", exp_avg, true},
+                                      {"exp_avg_sq", exp_avg_sq, true}};
+        if (amsgrad) slots.push_back({"max_exp_avg_sq", max_exp_avg_sq, true});
+        const CheckedList c = check_lists(slots);
+        const AdamHyper h{lr, beta1, beta2, eps, weight_decay, l1, amsgrad, decoupled, maximize};
+        py::gil_scoped_release nogil;
+        cpu::adam_step(c.tl, c.dtype, h, step);
+      },
+      "Fused Adam/AdamW step over lists of arrays (use fusedtrain.ops.adam_).");
+
+  m.def(
+      "sgd_",
+      [](py::handle params, py::handle grads, py::handle momentum_buffer, int64_t step,
+         double lr, double momentum, double dampening, double weight_decay, double l1,
+         bool nesterov, bool maximize) {
+        std::vector<SlotArg> slots = {{"params", params, true}, {"grads", grads, false}};
+        if (momentum != 0.0) slots.push_back({"momentum_buffer", momentum_buffer, true});
+        const CheckedList c = check_lists(slots);
+        const SgdHyper h{lr, momentum, dampening, weight_decay, l1, nesterov, maximize};
+        py::gil_scoped_release nogil;
+        cpu::sgd_step(c.tl, c.dtype, h, step);
+      },
+      "Fused SGD step over lists of arrays (use fusedtrain.ops.sgd_).");
+
+  m.def(
+      "rmsprop_",
+      [](py::handle params, py::handle grads, py::handle square_avg, py::handle grad_avg,
+         py::handle momentum_buffer, double lr, double alpha, double eps, double weight_decay,
+         double momentum, double l1, bool centered, bool maximize) {
+        std::vector<SlotArg> slots = {{"params", params, true},
+                                      {"grads", grads, false},
+                                      {"square_avg", square_avg, true}};
+        if (centered) slots.push_back({"grad_avg", grad_avg, true});
+        if (momentum > 0.0) slots.push_back({"momentum_buffer", momentum_buffer, true});
+        const CheckedList c = check_lists(slots);
+        const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, l1, centered, maximize};
+        py::gil_scoped_release nogil;
+        cpu::rmsprop_step(c.tl, c.dtype, h);
+      },
+      "Fused RMSProp step over lists of arrays (use fusedtrain.ops.rmsprop_).");
+
+  m.def(
+      "adagrad_",
+      [](py::handle params, py::handle grads, py::handle state_sum, int64_t step, double lr,
+         double lr_decay, double weight_decay, double eps, double l1, bool maximize) {
+        const CheckedList c = check_lists(
+            {{"params", params, true}, {"grads", grads, false}, {"state_sum", state_sum, true}});
+        const AdagradHyper h{lr, lr_decay, weight_decay, eps, l1, maximize};
+        py::gil_scoped_release nogil;
+        cpu::adagrad_step(c.tl, c.dtype, h, step);
+      },
+      "Fused Adagrad step over lists of arrays (use fusedtrain.ops.adagrad_).");
+
+  m.def(
+      "null_step_",
+      [](py::handle written, py::handle read) {
+        const py::ssize_t nw = py::len(written);
+        if (nw < 1 || nw > 4)
+          throw py::value_error("written: expected 1 to 4 lists of arrays, received " +
+                                std::to_string(nw));
+        static const char* names[] = {"written[0]", "written[1]", "written[2]", "written[3]"};
+        std::vector<SlotArg> slots;
+        for (py::ssize_t k = 0; k < nw; ++k) slots.push_back({names[k], written[py::int_(k)], true});
+        slots.push_back({"read", read, false});
+        const CheckedList c = check_lists(slots);
+        py::gil_scoped_release nogil;
+        cpu::null_step(c.tl, c.dtype, int(nw));
+      },
+      py::arg("written"), py::arg("read"),
+      "Benchmark memory ceiling: the traffic of an optimizer step with trivial math.\n"
+      "Each list in `written` is read and updated in place; `read` is read only.");
+}
+
+}  // namespace fusedtrain::bind

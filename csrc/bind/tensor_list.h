@@ -1,0 +1,44 @@
+// Turns Python lists of NumPy arrays into a cpu::TensorList, checking every
+// array before any kernel runs: a call that raises has changed nothing.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "cpu/optim_cpu.h"
+
+// hidden like pybind11's own types, which these structs hold
+namespace fusedtrain {
+namespace bind __attribute__((visibility("hidden"))) {
+
+namespace py = pybind11;
+
+// One buffer list of a call: its argument name, the Python list (or None when
+// the buffer is not used by this variant), and whether the kernel writes it.
+struct SlotArg {
+  const char* name;
+  py::handle list;
+  bool writable;
+};
+
+// A validated TensorList plus its dtype. The pointer and offset tables live
+// in thread-local storage reused across calls (no allocation in steady state),
+// so a TensorList is only valid until the next check_lists on the same thread.
+struct CheckedList {
+  cpu::TensorList tl;
+  cpu::DType dtype;
+};
+
+// Checks that every slot is a non-empty list/tuple of the same length as the
+// first one (the params), of C-contiguous aligned arrays of one floating dtype
+// (float32 or float64) with the shape of the matching param, writable where
+// the kernel writes, and that no two arrays share memory.
+// Raises TypeError / ValueError naming the argument, the expected and the
+// received value.
+CheckedList check_lists(const std::vector<SlotArg>& slots);
+
+}  // namespace bind
+}  // namespace fusedtrain

@@ -1,0 +1,40 @@
+// FT_HD marks a function that both the host compiler and nvcc compile: the
+// per-element math of every kernel is written once with it, so the CPU tests
+// verify exactly what the GPU runs.
+#pragma once
+
+#if defined(__CUDACC__)
+#define FT_HD __host__ __device__ __forceinline__
+#else
+#define FT_HD inline __attribute__((always_inline))
+#endif
+
+#include <cmath>
+
+namespace fusedtrain {
+
+// sqrt spelled once for both compilers (sqrtf is a device intrinsic under nvcc).
+FT_HD float ft_sqrt(float x) { return sqrtf(x); }
+FT_HD double ft_sqrt(double x) { return sqrt(x); }
+
+// sign(x): -1, +1, or x itself for zeros and NaN (as numpy.sign).
+template <typename T>
+FT_HD T ft_sign(T x) {
+  return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x);
+}
+
+// max(a, b) that returns NaN when either is NaN (as torch.maximum).
+template <typename T>
+FT_HD T ft_max(T a, T b) {
+  return (a != a || a > b) ? a : b;
+}
+
+// torch's lerp: start + weight * (end - start), evaluated from the nearer end
+// so that weight = 1 gives end exactly.
+template <typename T>
+FT_HD T ft_lerp(T start, T end, T weight) {
+  return weight < T(0.5) ? start + weight * (end - start)
+                         : end - (end - start) * (T(1) - weight);
+}
+
+}  // namespace fusedtrain

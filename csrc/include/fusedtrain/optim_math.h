@@ -1,0 +1,227 @@
+// Per-element update of every optimizer, written once for the CPU loops and
+// the CUDA kernels (FT_HD). Each function updates one element of the
+// parameter and of each state buffer in registers; the caller loads and
+// stores. The order of floating-point operations follows torch.optim's
+// single-tensor implementations, so results agree with it to rounding.
+//
+// Per-step scalars (bias corrections, lr * weight_decay, ...) arrive ready to
+// use in the *Scalars structs: they are computed once per call on the host in
+// double (make_*_scalars below) and cast to the compute type T.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedtrain/hd.h"
+
+namespace fusedtrain {
+
+// ---------------------------------------------------------------------------
+// variant flags: template parameters, so the inner loop carries no switch
+// ---------------------------------------------------------------------------
+enum class WeightDecay { L2, Decoupled };  // Adam adds wd * p to the gradient; AdamW scales p
+enum class AmsGrad { Off, On };
+enum class Momentum { Off, On };
+enum class Nesterov { Off, On };
+enum class Centered { Off, On };
+
+// The gradient the update sees: sign flip for maximize, L2 term, L1 term.
+// l2 and l1 are zero when unused; the selects keep the gradient bit-exact then.
+template <typename T>
+FT_HD T effective_grad(T g, T p, bool maximize, T l2, T l1) {
+  g = maximize ? -g : g;
+  g = l2 != T(0) ? g + l2 * p : g;
+  g = l1 != T(0) ? g + l1 * ft_sign(p) : g;
+  return g;
+}
+
+// ---------------------------------------------------------------------------
+// SGD (momentum, dampening, Nesterov)
+//   d = g (+ wd p) (+ l1 sign p)
+//   buf = d on the first step, else momentum * buf + (1 - dampening) * d
+//   d = d + momentum * buf (Nesterov) or buf
+//   p = p - lr * d
+// ---------------------------------------------------------------------------
+template <typename T>
+struct SgdScalars {
+  T neg_lr, momentum, one_minus_dampening, weight_decay, l1;
+  bool maximize, first_step;
+};
+
+template <Momentum M, Nesterov N, typename T>
+FT_HD void sgd_update(T& p, T g, T& buf, const SgdScalars<T>& s) {
+  T d = effective_grad(g, p, s.maximize, s.weight_decay, s.l1);
+  if constexpr (M == Momentum::On) {
+    buf = s.first_step ? d : buf * s.momentum + s.one_minus_dampening * d;
+    if constexpr (N == Nesterov::On) {
+      d = d + s.momentum * buf;
+    } else {
+      d = buf;
+    }
+  }
+  p = p + s.neg_lr * d;
+}
+
+// ---------------------------------------------------------------------------
+// Adam / AdamW (AMSGrad)
+//   AdamW: p = p * (1 - lr wd);  Adam: g = g + wd p
+//   m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
+//   vmax = max(vmax, v) (AMSGrad), used in place of v below
+//   p = p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)
+// ---------------------------------------------------------------------------
+template <typename T>
+struct AdamScalars {
+  T one_minus_beta1, beta2, one_minus_beta2, eps;
+  T l2;            // weight_decay for Adam, 0 for AdamW
+  T decay_factor;  // 1 - lr * weight_decay for AdamW, 1 for Adam
+  T neg_step_size; // -lr / (1 - beta1^t)
+  T bias_correction2_sqrt;  // sqrt(1 - beta2^t)
+  T l1;
+  bool maximize;
+};
+
+template <WeightDecay WD, AmsGrad A, typename T>
+FT_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, const AdamScalars<T>& s) {
+  g = effective_grad(g, p, s.maximize, s.l2, s.l1);
+  if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
+  m = ft_lerp(m, g, s.one_minus_beta1);
+  v = v * s.beta2 + s.one_minus_beta2 * g * g;
+  T second = v;
+  if constexpr (A == AmsGrad::On) {
+    vmax = ft_max(vmax, v);
+    second = vmax;
+  }
+  const T denom = ft_sqrt(second) / s.bias_correction2_sqrt + s.eps;
+  p = p + s.neg_step_size * m / denom;
+}
+
+// ---------------------------------------------------------------------------
+// RMSProp (centered, momentum)
+//   sq = alpha sq + (1 - alpha) g^2
+//   centered: ga = lerp(ga, g, 1 - alpha); avg = sqrt(sq - ga^2) + eps
+//   else: avg = sqrt(sq) + eps
+//   momentum: buf = momentum buf + g / avg; p = p - lr buf
+//   else: p = p - lr g / avg
+// ---------------------------------------------------------------------------
+template <typename T>
+struct RmspropScalars {
+  T neg_lr, alpha, one_minus_alpha, eps, momentum, weight_decay, l1;
+  bool maximize;
+};
+
+template <Centered C, Momentum M, typename T>
+FT_HD void rmsprop_update(T& p, T g, T& square_avg, T& grad_avg, T& buf,
+                          const RmspropScalars<T>& s) {
+  g = effective_grad(g, p, s.maximize, s.weight_decay, s.l1);
+  square_avg = square_avg * s.alpha + s.one_minus_alpha * g * g;
+  T avg;
+  if constexpr (C == Centered::On) {
+    grad_avg = ft_lerp(grad_avg, g, s.one_minus_alpha);
+    avg = ft_sqrt(square_avg + T(-1) * grad_avg * grad_avg);
+  } else {
+    avg = ft_sqrt(square_avg);
+  }
+  avg = avg + s.eps;
+  if constexpr (M == Momentum::On) {
+    buf = buf * s.momentum + g / avg;
+    p = p + s.neg_lr * buf;
+  } else {
+    p = p + s.neg_lr * g / avg;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Adagrad
+//   sum = sum + g^2;  p = p - clr g / (sqrt(sum) + eps),
+//   clr = lr / (1 + (t - 1) lr_decay)
+// ---------------------------------------------------------------------------
+template <typename T>
+struct AdagradScalars {
+  T neg_clr, eps, weight_decay, l1;
+  bool maximize;
+};
+
+template <typename T>
+FT_HD void adagrad_update(T& p, T g, T& sum, const AdagradScalars<T>& s) {
+  g = effective_grad(g, p, s.maximize, s.weight_decay, s.l1);
+  sum = sum + g * g;
+  const T std_ = ft_sqrt(sum) + s.eps;
+  p = p + s.neg_clr * g / std_;
+}
+
+// ---------------------------------------------------------------------------
+// Host-side per-step scalars, computed in double and cast once.
+// ---------------------------------------------------------------------------
+struct AdamHyper {
+  double lr, beta1, beta2, eps, weight_decay, l1;
+  bool amsgrad, decoupled, maximize;
+};
+struct SgdHyper {
+  double lr, momentum, dampening, weight_decay, l1;
+  bool nesterov, maximize;
+};
+struct RmspropHyper {
+  double lr, alpha, eps, weight_decay, momentum, l1;
+  bool centered, maximize;
+};
+struct AdagradHyper {
+  double lr, lr_decay, weight_decay, eps, l1;
+  bool maximize;
+};
+
+template <typename T>
+AdamScalars<T> make_adam_scalars(const AdamHyper& h, int64_t step) {
+  const double bc1 = 1.0 - std::pow(h.beta1, double(step));
+  const double bc2 = 1.0 - std::pow(h.beta2, double(step));
+  AdamScalars<T> s;
+  s.one_minus_beta1 = T(1.0 - h.beta1);
+  s.beta2 = T(h.beta2);
+  s.one_minus_beta2 = T(1.0 - h.beta2);
+  s.eps = T(h.eps);
+  s.l2 = h.decoupled ? T(0) : T(h.weight_decay);
+  s.decay_factor = h.decoupled ? T(1.0 - h.lr * h.weight_decay) : T(1);
+  s.neg_step_size = T(-(h.lr / bc1));
+  s.bias_correction2_sqrt = T(std::sqrt(bc2));
+  s.l1 = T(h.l1);
+  s.maximize = h.maximize;
+  return s;
+}
+
+template <typename T>
+SgdScalars<T> make_sgd_scalars(const SgdHyper& h, int64_t step) {
+  SgdScalars<T> s;
+  s.neg_lr = T(-h.lr);
+  s.momentum = T(h.momentum);
+  s.one_minus_dampening = T(1.0 - h.dampening);
+  s.weight_decay = T(h.weight_decay);
+  s.l1 = T(h.l1);
+  s.maximize = h.maximize;
+  s.first_step = step <= 1;
+  return s;
+}
+
+template <typename T>
+RmspropScalars<T> make_rmsprop_scalars(const RmspropHyper& h) {
+  RmspropScalars<T> s;
+  s.neg_lr = T(-h.lr);
+  s.alpha = T(h.alpha);
+  s.one_minus_alpha = T(1.0 - h.alpha);
+  s.eps = T(h.eps);
+  s.momentum = T(h.momentum);
+  s.weight_decay = T(h.weight_decay);
+  s.l1 = T(h.l1);
+  s.maximize = h.maximize;
+  return s;
+}
+
+template <typename T>
+AdagradScalars<T> make_adagrad_scalars(const AdagradHyper& h, int64_t step) {
+  AdagradScalars<T> s;
+  s.neg_clr = T(-(h.lr / (1.0 + double(step - 1) * h.lr_decay)));
+  s.eps = T(h.eps);
+  s.weight_decay = T(h.weight_decay);
+  s.l1 = T(h.l1);
+  s.maximize = h.maximize;
+  return s;
+}
+
+}  // namespace fusedtrain

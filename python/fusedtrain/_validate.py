@@ -1,0 +1,117 @@
+"""Hyperparameter checks shared by fusedtrain.ops and fusedtrain.optim.
+
+Each check raises TypeError (not a number) or ValueError (out of range) with
+the argument's name, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+
+def real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number; received {type(value).__name__} {value!r}")
+    return float(value)
+
+
+def at_least(name: str, value, low: float = 0.0) -> float:
+    v = real(name, value)
+    if not v >= low:  # also rejects NaN
+        raise ValueError(f"{name} must be >= {low:g}; received {v!r}")
+    return v
+
+
+def in_range(name: str, value, low: float, high: float, closed_high: bool) -> float:
+    v = real(name, value)
+    ok = low <= v <= high if closed_high else low <= v < high
+    if not ok:
+        bracket = "]" if closed_high else ")"
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}{bracket}; received {v!r}")
+    return v
+
+
+def flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, int)) or isinstance(value, float):
+        raise TypeError(f"{name} must be a bool; received {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+def step(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"step must be an int >= 1; received {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"step must be an int >= 1 (the count including this step); received {value}")
+    return int(value)
+
+
+def betas(value) -> tuple[float, float]:
+    try:
+        b1, b2 = value
+    except (TypeError, ValueError):
+        raise ValueError(f"betas must be a pair (beta1, beta2); received {value!r}") from None
+    return in_range("betas[0]", b1, 0.0, 1.0, False), in_range("betas[1]", b2, 0.0, 1.0, False)
+
+
+def is_finite(v: float) -> bool:
+    return math.isfinite(v)
+
+
+# ---------------------------------------------------------------------------
+# one checker per optimizer: the hyperparameters of torch.optim, plus l1
+# ---------------------------------------------------------------------------
+def adam(lr, betas_, eps, weight_decay, l1, amsgrad, maximize) -> dict:
+    b1, b2 = betas(betas_)
+    return dict(
+        lr=at_least("lr", lr),
+        beta1=b1,
+        beta2=b2,
+        eps=at_least("eps", eps),
+        weight_decay=at_least("weight_decay", weight_decay),
+        l1=at_least("l1", l1),
+        amsgrad=flag("amsgrad", amsgrad),
+        maximize=flag("maximize", maximize),
+    )
+
+
+def sgd(lr, momentum, dampening, nesterov, weight_decay, l1, maximize) -> dict:
+    out = dict(
+        lr=at_least("lr", lr),
+        momentum=at_least("momentum", momentum),
+        dampening=real("dampening", dampening),
+        nesterov=flag("nesterov", nesterov),
+        weight_decay=at_least("weight_decay", weight_decay),
+        l1=at_least("l1", l1),
+        maximize=flag("maximize", maximize),
+    )
+    if out["nesterov"] and (out["momentum"] <= 0 or out["dampening"] != 0):
+        raise ValueError(
+            "nesterov=True requires momentum > 0 and dampening = 0; received "
+            f"momentum={out['momentum']!r}, dampening={out['dampening']!r}"
+        )
+    return out
+
+
+def rmsprop(lr, alpha, eps, weight_decay, momentum, centered, l1, maximize) -> dict:
+    return dict(
+        lr=at_least("lr", lr),
+        alpha=in_range("alpha", alpha, 0.0, 1.0, True),
+        eps=at_least("eps", eps),
+        weight_decay=at_least("weight_decay", weight_decay),
+        momentum=at_least("momentum", momentum),
+        centered=flag("centered", centered),
+        l1=at_least("l1", l1),
+        maximize=flag("maximize", maximize),
+    )
+
+
+def adagrad(lr, lr_decay, weight_decay, eps, l1, maximize) -> dict:
+    return dict(
+        lr=at_least("lr", lr),
+        lr_decay=at_least("lr_decay", lr_decay),
+        weight_decay=at_least("weight_decay", weight_decay),
+        eps=at_least("eps", eps),
+        l1=at_least("l1", l1),
+        maximize=flag("maximize", maximize),
+    )

@@ -1,0 +1,1 @@
+from .optim import sgd, adam, adamw, rmsprop, adagrad
