@@ -51,7 +51,7 @@ FT_CLONES void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict b
     if constexpr (M == Momentum::On) bi = buf[i];
     sgd_update<M, N>(pi, g[i], bi, s);
     p[i] = pi;
-    if constexpr (M == Momentum::On) buf[i] = bi;
+    if constexpr (M != Momentum::Off) buf[i] = bi;
   }
 }
 
@@ -127,20 +127,22 @@ template <typename T, Momentum M, Nesterov N>
 void sgd_list(const TensorList& tl, const SgdScalars<T>& s) {
   using namespace sgd_slot;
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
-    T* buf = M == Momentum::On ? tl.get<T>(i, kMomentumBuffer) + b : nullptr;
+    T* buf = M != Momentum::Off ? tl.get<T>(i, kMomentumBuffer) + b : nullptr;
     sgd_range<M, N, T>(tl.get<T>(i, kParam) + b, tl.get<T>(i, kGrad) + b, buf, e - b, s);
   });
 }
 
 template <typename T>
 void sgd_typed(const TensorList& tl, const SgdHyper& h, int64_t step) {
-  const auto s = make_sgd_scalars<T>(h, step);
+  const auto s = make_sgd_scalars<T>(h);
+  using M = Momentum;
+  using N = Nesterov;
   if (h.momentum == 0.0) {
-    sgd_list<T, Momentum::Off, Nesterov::Off>(tl, s);
-  } else if (h.nesterov) {
-    sgd_list<T, Momentum::On, Nesterov::On>(tl, s);
+    sgd_list<T, M::Off, N::Off>(tl, s);
+  } else if (step <= 1) {  // torch initialises the buffer to d on the first step
+    h.nesterov ? sgd_list<T, M::First, N::On>(tl, s) : sgd_list<T, M::First, N::Off>(tl, s);
   } else {
-    sgd_list<T, Momentum::On, Nesterov::Off>(tl, s);
+    h.nesterov ? sgd_list<T, M::On, N::On>(tl, s) : sgd_list<T, M::On, N::Off>(tl, s);
   }
 }
 

@@ -20,15 +20,17 @@ namespace fusedtrain {
 // ---------------------------------------------------------------------------
 enum class WeightDecay { L2, Decoupled };  // Adam adds wd * p to the gradient; AdamW scales p
 enum class AmsGrad { Off, On };
-enum class Momentum { Off, On };
+enum class Momentum { Off, On, First };  // First: the buffer is set to d (step 1)
 enum class Nesterov { Off, On };
 enum class Centered { Off, On };
 
-// The gradient the update sees: sign flip for maximize, L2 term, L1 term.
-// l2 and l1 are zero when unused; the selects keep the gradient bit-exact then.
+// The gradient the update sees: sign flip for maximize (grad_sign = -1), L2
+// term, L1 term. l2 and l1 are zero when unused; the selects keep the
+// gradient bit-exact then. (Flags are numbers, not bools, in the scalar
+// structs: a bool select inside the loop stops GCC from vectorising it.)
 template <typename T>
-FT_HD T effective_grad(T g, T p, bool maximize, T l2, T l1) {
-  g = maximize ? -g : g;
+FT_HD T effective_grad(T g, T p, T grad_sign, T l2, T l1) {
+  g = g * grad_sign;
   g = l2 != T(0) ? g + l2 * p : g;
   g = l1 != T(0) ? g + l1 * ft_sign(p) : g;
   return g;
@@ -43,15 +45,14 @@ FT_HD T effective_grad(T g, T p, bool maximize, T l2, T l1) {
 // ---------------------------------------------------------------------------
 template <typename T>
 struct SgdScalars {
-  T neg_lr, momentum, one_minus_dampening, weight_decay, l1;
-  bool maximize, first_step;
+  T neg_lr, momentum, one_minus_dampening, weight_decay, l1, grad_sign;
 };
 
 template <Momentum M, Nesterov N, typename T>
 FT_HD void sgd_update(T& p, T g, T& buf, const SgdScalars<T>& s) {
-  T d = effective_grad(g, p, s.maximize, s.weight_decay, s.l1);
-  if constexpr (M == Momentum::On) {
-    buf = s.first_step ? d : buf * s.momentum + s.one_minus_dampening * d;
+  T d = effective_grad(g, p, s.grad_sign, s.weight_decay, s.l1);
+  if constexpr (M != Momentum::Off) {
+    buf = M == Momentum::First ? d : buf * s.momentum + s.one_minus_dampening * d;
     if constexpr (N == Nesterov::On) {
       d = d + s.momentum * buf;
     } else {
@@ -75,13 +76,12 @@ struct AdamScalars {
   T decay_factor;  // 1 - lr * weight_decay for AdamW, 1 for Adam
   T neg_step_size; // -lr / (1 - beta1^t)
   T bias_correction2_sqrt;  // sqrt(1 - beta2^t)
-  T l1;
-  bool maximize;
+  T l1, grad_sign;
 };
 
 template <WeightDecay WD, AmsGrad A, typename T>
 FT_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, const AdamScalars<T>& s) {
-  g = effective_grad(g, p, s.maximize, s.l2, s.l1);
+  g = effective_grad(g, p, s.grad_sign, s.l2, s.l1);
   if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
   m = ft_lerp(m, g, s.one_minus_beta1);
   v = v * s.beta2 + s.one_minus_beta2 * g * g;
@@ -104,14 +104,13 @@ FT_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, const AdamScalars<T>& s) 
 // ---------------------------------------------------------------------------
 template <typename T>
 struct RmspropScalars {
-  T neg_lr, alpha, one_minus_alpha, eps, momentum, weight_decay, l1;
-  bool maximize;
+  T neg_lr, alpha, one_minus_alpha, eps, momentum, weight_decay, l1, grad_sign;
 };
 
 template <Centered C, Momentum M, typename T>
 FT_HD void rmsprop_update(T& p, T g, T& square_avg, T& grad_avg, T& buf,
                           const RmspropScalars<T>& s) {
-  g = effective_grad(g, p, s.maximize, s.weight_decay, s.l1);
+  g = effective_grad(g, p, s.grad_sign, s.weight_decay, s.l1);
   square_avg = square_avg * s.alpha + s.one_minus_alpha * g * g;
   T avg;
   if constexpr (C == Centered::On) {
@@ -136,13 +135,12 @@ FT_HD void rmsprop_update(T& p, T g, T& square_avg, T& grad_avg, T& buf,
 // ---------------------------------------------------------------------------
 template <typename T>
 struct AdagradScalars {
-  T neg_clr, eps, weight_decay, l1;
-  bool maximize;
+  T neg_clr, eps, weight_decay, l1, grad_sign;
 };
 
 template <typename T>
 FT_HD void adagrad_update(T& p, T g, T& sum, const AdagradScalars<T>& s) {
-  g = effective_grad(g, p, s.maximize, s.weight_decay, s.l1);
+  g = effective_grad(g, p, s.grad_sign, s.weight_decay, s.l1);
   sum = sum + g * g;
   const T std_ = ft_sqrt(sum) + s.eps;
   p = p + s.neg_clr * g / std_;
@@ -182,20 +180,19 @@ AdamScalars<T> make_adam_scalars(const AdamHyper& h, int64_t step) {
   s.neg_step_size = T(-(h.lr / bc1));
   s.bias_correction2_sqrt = T(std::sqrt(bc2));
   s.l1 = T(h.l1);
-  s.maximize = h.maximize;
+  s.grad_sign = h.maximize ? T(-1) : T(1);
   return s;
 }
 
 template <typename T>
-SgdScalars<T> make_sgd_scalars(const SgdHyper& h, int64_t step) {
+SgdScalars<T> make_sgd_scalars(const SgdHyper& h) {
   SgdScalars<T> s;
   s.neg_lr = T(-h.lr);
   s.momentum = T(h.momentum);
   s.one_minus_dampening = T(1.0 - h.dampening);
   s.weight_decay = T(h.weight_decay);
   s.l1 = T(h.l1);
-  s.maximize = h.maximize;
-  s.first_step = step <= 1;
+  s.grad_sign = h.maximize ? T(-1) : T(1);
   return s;
 }
 
@@ -209,7 +206,7 @@ RmspropScalars<T> make_rmsprop_scalars(const RmspropHyper& h) {
   s.momentum = T(h.momentum);
   s.weight_decay = T(h.weight_decay);
   s.l1 = T(h.l1);
-  s.maximize = h.maximize;
+  s.grad_sign = h.maximize ? T(-1) : T(1);
   return s;
 }
 
@@ -220,7 +217,7 @@ AdagradScalars<T> make_adagrad_scalars(const AdagradHyper& h, int64_t step) {
   s.eps = T(h.eps);
   s.weight_decay = T(h.weight_decay);
   s.l1 = T(h.l1);
-  s.maximize = h.maximize;
+  s.grad_sign = h.maximize ? T(-1) : T(1);
   return s;
 }
 
