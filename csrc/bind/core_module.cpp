@@ -9,6 +9,8 @@ namespace py = pybind11;
 
 namespace fusedtrain::bind {
 void bind_optim(py::module_& m);
+void bind_dense(py::module_& m);
+void bind_loss(py::module_& m);
 }
 
 #ifndef FT_CXX_COMPILER
@@ -38,4 +40,6 @@ PYBIND11_MODULE(_core, m) {
   });
 
   fusedtrain::bind::bind_optim(m);
+  fusedtrain::bind::bind_dense(m);
+  fusedtrain::bind::bind_loss(m);
 }

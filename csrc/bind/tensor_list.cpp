@@ -1,5 +1,7 @@
 #include "bind/tensor_list.h"
 
+#include "bind/arrays.h"
+
 #include <algorithm>
 #include <cstdint>
 
@@ -27,17 +29,6 @@ Scratch& scratch() {
 std::string item_name(const SlotArg& s, int64_t i) {
   return std::string(s.name) + "[" + std::to_string(i) + "]";
 }
-
-std::string shape_str(const py::array& a) {
-  std::string out = "(";
-  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
-    out += std::to_string(a.shape(d));
-    out += (a.ndim() == 1) ? "," : (d + 1 < a.ndim() ? ", " : "");
-  }
-  return out + ")";
-}
-
-std::string type_name(py::handle h) { return Py_TYPE(h.ptr())->tp_name; }
 
 bool same_shape(const py::array& a, const py::array& b) {
   if (a.ndim() != b.ndim()) return false;
@@ -97,23 +88,14 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
                              type_name(h));
       const auto a = py::reinterpret_borrow<py::array>(h);
       if (a.dtype().num() != num)
-        throw py::type_error(item_name(s, i) + ": expected dtype " +
-                             std::string(py::str(p0.dtype())) + " (the dtype of " +
-                             item_name(first, 0) + "), received " + std::string(py::str(a.dtype())));
+        same_dtype(item_name(s, i), a, num, "the dtype of " + item_name(first, 0));
       if (k > 0 && !same_shape(a, param))
         throw py::value_error(item_name(s, i) + ": expected shape " + shape_str(param) +
                               " (the shape of " + item_name(first, i) + "), received " +
                               shape_str(a));
-      if (!(a.flags() & py::array::c_style))
-        throw py::value_error(item_name(s, i) +
-                              ": expected a C-contiguous array, received a non-contiguous view "
-                              "(pass numpy.ascontiguousarray(...) and keep that array)");
-      if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        throw py::value_error(item_name(s, i) + ": expected an aligned array, received an unaligned one");
-      if (s.writable && !a.writeable())
-        throw py::value_error(item_name(s, i) +
-                              ": expected a writable array (it is updated in place), received a "
-                              "read-only array");
+      constexpr int kLayout = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+      if ((a.flags() & kLayout) != kLayout || (s.writable && !a.writeable()))
+        contiguous(item_name(s, i), a, s.writable);  // raises, saying which
       void* data = const_cast<void*>(a.data());
       sc.ptr[size_t(i) * nslots + k] = data;
       const auto nbytes = uintptr_t(a.nbytes());

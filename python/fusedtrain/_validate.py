@@ -11,6 +11,9 @@ import numbers
 
 
 def real(name: str, value) -> float:
+    t = type(value)
+    if t is float or t is int:  # fast path: these checks run on every step
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; received {type(value).__name__} {value!r}")
     return float(value)
@@ -33,12 +36,16 @@ def in_range(name: str, value, low: float, high: float, closed_high: bool) -> fl
 
 
 def flag(name: str, value) -> bool:
+    if value is True or value is False:
+        return value
     if not isinstance(value, (bool, int)) or isinstance(value, float):
         raise TypeError(f"{name} must be a bool; received {type(value).__name__} {value!r}")
     return bool(value)
 
 
 def step(value) -> int:
+    if type(value) is int and value >= 1:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"step must be an int >= 1; received {type(value).__name__} {value!r}")
     if value < 1:

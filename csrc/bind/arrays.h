@@ -1,0 +1,46 @@
+// Argument checks for single NumPy arrays, shared by the bindings. Each raises
+// TypeError / ValueError naming the argument, the expected and the received
+// value. Nothing is converted: in-place buffers are taken as they are.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <initializer_list>
+#include <string>
+
+namespace fusedtrain {
+namespace bind __attribute__((visibility("hidden"))) {
+
+namespace py = pybind11;
+
+std::string shape_str(const py::array& a);
+std::string type_name(py::handle h);
+std::string dtype_str(const py::array& a);
+
+inline int f32_num() {
+  static const int n = py::dtype::of<float>().num();
+  return n;
+}
+inline int f64_num() {
+  static const int n = py::dtype::of<double>().num();
+  return n;
+}
+
+// h must be a numpy.ndarray.
+py::array as_array(const std::string& name, py::handle h);
+// a's dtype must be float32 or float64; returns its type number.
+int float_dtype(const std::string& name, const py::array& a);
+// a's dtype must be `num` (`why` says where that dtype comes from, e.g. "the dtype of x").
+void same_dtype(const std::string& name, const py::array& a, int num, const std::string& why);
+// C-contiguous and aligned; writable too when `writable`.
+void contiguous(const std::string& name, const py::array& a, bool writable);
+// a.shape must equal `shape`.
+void shape_is(const std::string& name, const py::array& a, std::initializer_list<py::ssize_t> shape);
+void ndim_is(const std::string& name, const py::array& a, int ndim);
+// a and b must not share memory (an output overlapping an input).
+void disjoint(const std::string& name_a, const py::array& a, const std::string& name_b,
+              const py::array& b);
+
+}  // namespace bind
+}  // namespace fusedtrain

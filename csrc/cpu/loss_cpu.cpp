@@ -1,0 +1,1 @@
+// Loss and dropout loops on the CPU.
