@@ -4,13 +4,9 @@
 // the best one picked at load time for the CPU it runs on.
 #include "cpu/optim_cpu.h"
 
-namespace fusedtrain::cpu {
+#include "cpu/simd.h"
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define FT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FT_CLONES
-#endif
+namespace fusedtrain::cpu {
 
 const char* simd_level() {
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)

@@ -149,3 +149,7 @@ def adagrad_(params, grads, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_de
     module_for(_first(params)).adagrad_(
         _list(params), _list(grads), _list(state_sum), step, h["lr"], h["lr_decay"],
         h["weight_decay"], h["eps"], h["l1"], h["maximize"])
+
+from ._ops_dense import dense_backward, dense_forward  # noqa: E402
+
+__all__ += ["dense_forward", "dense_backward"]

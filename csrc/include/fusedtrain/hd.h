@@ -13,9 +13,16 @@
 
 namespace fusedtrain {
 
-// sqrt spelled once for both compilers (sqrtf is a device intrinsic under nvcc).
+// Math functions spelled once for both compilers (the f-suffixed ones are
+// device functions under nvcc).
 FT_HD float ft_sqrt(float x) { return sqrtf(x); }
 FT_HD double ft_sqrt(double x) { return sqrt(x); }
+FT_HD float ft_exp(float x) { return expf(x); }
+FT_HD double ft_exp(double x) { return exp(x); }
+FT_HD float ft_tanh(float x) { return tanhf(x); }
+FT_HD double ft_tanh(double x) { return tanh(x); }
+FT_HD float ft_erf(float x) { return erff(x); }
+FT_HD double ft_erf(double x) { return erf(x); }
 
 // sign(x): -1, +1, or x itself for zeros and NaN (as numpy.sign).
 template <typename T>

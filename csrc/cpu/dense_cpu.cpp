@@ -1,0 +1,205 @@
+// Dense-layer loops on the CPU. The GEMMs run in OpenBLAS (its own threads);
+// the epilogues here are single passes over a block that is still in cache,
+// run on the calling thread so the two thread pools never compete.
+#include "cpu/dense_cpu.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/blas.h"
+#include "cpu/simd.h"
+
+namespace fusedtrain::cpu {
+
+namespace {
+
+// Rows per GEMM block in the forward pass: about 64K outputs (256 KiB of
+// float32), so the epilogue finds the block in L2.
+constexpr int64_t kBlockElems = 1 << 16;
+
+// ---------------------------------------------------------------------------
+// forward epilogue: v = y + b; z = v (if saved); y = act(v)
+// y, z are (rows, cols); b is (cols,) or null
+// ---------------------------------------------------------------------------
+template <Act A, bool kBias, bool kSaveZ, typename T>
+FT_CLONES void epilogue_rows(T* __restrict y, T* __restrict z, const T* __restrict b,
+                             int64_t rows, int64_t cols, T slope) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* yr = y + r * cols;
+    T* zr = kSaveZ ? z + r * cols : nullptr;
+    for (int64_t c = 0; c < cols; ++c) {
+      T v = yr[c];
+      if constexpr (kBias) v = v + b[c];
+      if constexpr (kSaveZ) zr[c] = v;
+      yr[c] = act_forward<A>(v, slope);
+    }
+  }
+}
+
+// softmax per row: y = exp(v - max) / sum, v = y + b
+template <bool kBias, typename T>
+FT_CLONES void softmax_rows(T* __restrict y, const T* __restrict b, int64_t rows, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    T* yr = y + r * cols;
+    T mx = -INFINITY;
+    for (int64_t c = 0; c < cols; ++c) {
+      if constexpr (kBias) yr[c] = yr[c] + b[c];
+      mx = ft_max(mx, yr[c]);
+    }
+    T sum = T(0);
+    for (int64_t c = 0; c < cols; ++c) {
+      yr[c] = softmax_shifted_exp(yr[c], mx);
+      sum = sum + yr[c];
+    }
+    const T inv = T(1) / sum;
+    for (int64_t c = 0; c < cols; ++c) yr[c] = yr[c] * inv;
+  }
+}
+
+template <Act A, typename T>
+void epilogue(T* y, T* z, const T* b, int64_t rows, int64_t cols, T slope) {
+  if constexpr (A == Act::Softmax) {
+    b ? softmax_rows<true>(y, b, rows, cols) : softmax_rows<false>(y, b, rows, cols);
+  } else if constexpr (saved_of(A) == Saved::PreActivation) {
+    b ? epilogue_rows<A, true, true>(y, z, b, rows, cols, slope)
+      : epilogue_rows<A, false, true>(y, z, b, rows, cols, slope);
+  } else {
+    b ? epilogue_rows<A, true, false>(y, z, b, rows, cols, slope)
+      : epilogue_rows<A, false, false>(y, z, b, rows, cols, slope);
+  }
+}
+
+template <Act A, typename T>
+void forward_impl(const T* x, const T* w, const T* b, T* y, T* z, int64_t B, int64_t in,
+                  int64_t out, T slope) {
+  const int64_t block = std::max<int64_t>(1, kBlockElems / std::max<int64_t>(out, 1));
+  for (int64_t r0 = 0; r0 < B; r0 += block) {
+    const int64_t rows = std::min(block, B - r0);
+    gemm(false, false, rows, out, in, T(1), x + r0 * in, std::max<int64_t>(in, 1), w,
+         std::max<int64_t>(out, 1), T(0), y + r0 * out, std::max<int64_t>(out, 1));
+    if constexpr (A == Act::Identity) {
+      if (!b) continue;
+    }
+    epilogue<A>(y + r0 * out, z ? z + r0 * out : nullptr, b, rows, out, slope);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// backward: dz = dy * act'(saved) and the column sums of dz, in one pass.
+// acc (out,) accumulates in double, rows in order: the same result for any
+// thread count.
+// ---------------------------------------------------------------------------
+template <Act A, typename T>
+FT_CLONES void grad_rows(const T* __restrict dy, const T* __restrict s, T* __restrict dz,
+                         double* __restrict acc, int64_t rows, int64_t cols, T slope) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* dyr = dy + r * cols;
+    const T* sr = s + r * cols;
+    T* dzr = dz + r * cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const T g = act_backward<A>(dyr[c], sr[c], slope);
+      dzr[c] = g;
+      acc[c] += double(g);
+    }
+  }
+}
+
+// softmax: dz_j = y_j * (dy_j - sum_k dy_k y_k)
+template <typename T>
+FT_CLONES void softmax_grad_rows(const T* __restrict dy, const T* __restrict y,
+                                 T* __restrict dz, double* __restrict acc, int64_t rows,
+                                 int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* dyr = dy + r * cols;
+    const T* yr = y + r * cols;
+    T* dzr = dz + r * cols;
+    T dot = T(0);
+    for (int64_t c = 0; c < cols; ++c) dot = dot + dyr[c] * yr[c];
+    for (int64_t c = 0; c < cols; ++c) {
+      const T g = yr[c] * (dyr[c] - dot);
+      dzr[c] = g;
+      acc[c] += double(g);
+    }
+  }
+}
+
+template <typename T>
+FT_CLONES void column_sums(const T* __restrict dy, double* __restrict acc, int64_t rows,
+                           int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) acc[c] += double(dy[r * cols + c]);
+}
+
+template <Act A, typename T>
+void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T* dx, T* dw,
+                   T* db, int64_t B, int64_t in, int64_t out, T slope, bool accumulate) {
+  thread_local std::vector<double> acc;
+  acc.assign(size_t(out), 0.0);
+  const T* g = dy;
+  if constexpr (A == Act::Identity) {
+    column_sums(dy, acc.data(), B, out);
+  } else if constexpr (A == Act::Softmax) {
+    softmax_grad_rows(dy, saved, dz, acc.data(), B, out);
+    g = dz;
+  } else {
+    grad_rows<A>(dy, saved, dz, acc.data(), B, out, slope);
+    g = dz;
+  }
+  if (db) {
+    for (int64_t c = 0; c < out; ++c) db[c] = accumulate ? T(double(db[c]) + acc[c]) : T(acc[c]);
+  }
+  const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
+  // dw (in, out) = x^T (in, B) @ g (B, out)
+  gemm(true, false, in, out, B, T(1), x, ld_in, g, ld_out, accumulate ? T(1) : T(0), dw, ld_out);
+  // dx (B, in) = g (B, out) @ w^T (out, in)
+  if (dx) gemm(false, true, B, in, out, T(1), g, ld_out, w, ld_out, T(0), dx, ld_in);
+}
+
+}  // namespace
+
+template <typename T>
+void dense_forward(const T* x, const T* w, const T* b, T* y, T* z, int64_t B, int64_t in,
+                   int64_t out, Act act, T slope) {
+  switch (act) {
+    case Act::Identity: return forward_impl<Act::Identity>(x, w, b, y, z, B, in, out, slope);
+    case Act::Relu: return forward_impl<Act::Relu>(x, w, b, y, z, B, in, out, slope);
+    case Act::LeakyRelu: return forward_impl<Act::LeakyRelu>(x, w, b, y, z, B, in, out, slope);
+    case Act::Sigmoid: return forward_impl<Act::Sigmoid>(x, w, b, y, z, B, in, out, slope);
+    case Act::Tanh: return forward_impl<Act::Tanh>(x, w, b, y, z, B, in, out, slope);
+    case Act::GeluErf: return forward_impl<Act::GeluErf>(x, w, b, y, z, B, in, out, slope);
+    case Act::GeluTanh: return forward_impl<Act::GeluTanh>(x, w, b, y, z, B, in, out, slope);
+    case Act::Softmax: return forward_impl<Act::Softmax>(x, w, b, y, z, B, in, out, slope);
+  }
+}
+
+template <typename T>
+void dense_backward(const T* dy, const T* x, const T* w, const T* saved, T* dz, T* dx, T* dw,
+                    T* db, int64_t B, int64_t in, int64_t out, Act act, T slope,
+                    bool accumulate) {
+#define FT_BACKWARD(A) \
+  return backward_impl<A>(dy, x, w, saved, dz, dx, dw, db, B, in, out, slope, accumulate)
+  switch (act) {
+    case Act::Identity: FT_BACKWARD(Act::Identity);
+    case Act::Relu: FT_BACKWARD(Act::Relu);
+    case Act::LeakyRelu: FT_BACKWARD(Act::LeakyRelu);
+    case Act::Sigmoid: FT_BACKWARD(Act::Sigmoid);
+    case Act::Tanh: FT_BACKWARD(Act::Tanh);
+    case Act::GeluErf: FT_BACKWARD(Act::GeluErf);
+    case Act::GeluTanh: FT_BACKWARD(Act::GeluTanh);
+    case Act::Softmax: FT_BACKWARD(Act::Softmax);
+  }
+#undef FT_BACKWARD
+}
+
+template void dense_forward<float>(const float*, const float*, const float*, float*, float*,
+                                   int64_t, int64_t, int64_t, Act, float);
+template void dense_forward<double>(const double*, const double*, const double*, double*,
+                                    double*, int64_t, int64_t, int64_t, Act, double);
+template void dense_backward<float>(const float*, const float*, const float*, const float*,
+                                    float*, float*, float*, float*, int64_t, int64_t, int64_t,
+                                    Act, float, bool);
+template void dense_backward<double>(const double*, const double*, const double*,
+                                     const double*, double*, double*, double*, double*, int64_t,
+                                     int64_t, int64_t, Act, double, bool);
+
+}  // namespace fusedtrain::cpu
