@@ -47,6 +47,7 @@ class Optimizer:
             groups = [{"params": groups}]
         self.param_groups: list[dict] = []
         self._group_state: list[dict] = []  # per group: "step" and one list per buffer
+        self._arena: list = []  # per group: the flat array its params tile, or None
         for g in groups:
             self.add_param_group(g)
 
@@ -79,6 +80,7 @@ class Optimizer:
         full["params"] = params
         self.param_groups.append(full)
         self._group_state.append({"step": 0})
+        self._arena.append(_tiling(params))
 
     @property
     def params(self) -> list:
@@ -103,28 +105,47 @@ class Optimizer:
             # too before the first group is updated
             _precheck(self.params, grads)
         start = 0
-        for group, gstate in zip(self.param_groups, self._group_state):
+        for gi, (group, gstate) in enumerate(zip(self.param_groups, self._group_state)):
             params = group["params"]
             stop = start + len(params)
             step = gstate["step"] + 1
-            buffers = self._buffers(group, gstate)
-            self._step_group(group, params, grads[start:stop], buffers, step)
+            buffers, flats = self._buffers(gi, group, gstate)
+            group_grads = grads[start:stop]
+            arena = self._arena[gi]
+            grad_arena = _tiling(group_grads) if arena is not None else None
+            if grad_arena is not None and grad_arena.size == arena.size:
+                # parameters, gradients and states each tile one flat array:
+                # step the whole group as a single array
+                self._step_group(group, [arena], [grad_arena],
+                                 {k: [v] for k, v in flats.items()}, step)
+            else:
+                self._step_group(group, params, group_grads, buffers, step)
             # committed only after the kernel succeeded
             gstate.update(buffers)
+            gstate["_flat"] = flats
             gstate["step"] = step
             start = stop
 
-    def _buffers(self, group, gstate) -> dict:
-        """The state lists this group needs now; new ones start as
-        ``self._initial_value(name, group)``-filled arrays."""
-        out = {}
+    def _buffers(self, gi, group, gstate):
+        """The state lists this group needs now (new ones filled with
+        ``self._initial_value(name, group)``), and for a group whose
+        parameters tile one arena, the flat arrays those lists are views of."""
+        out, flats = {}, {}
+        arena = self._arena[gi]
         for name in self._state_names(group):
             bufs = gstate.get(name)
+            flat = gstate.get("_flat", {}).get(name)
             if bufs is None:
                 fill = self._initial_value(name, group)
-                bufs = [np.full_like(p, fill) for p in group["params"]]
+                if arena is not None:
+                    flat = np.full(arena.size, fill, dtype=arena.dtype)
+                    bufs = _views(flat, group["params"])
+                else:
+                    bufs = [np.full_like(p, fill) for p in group["params"]]
             out[name] = bufs
-        return out
+            if flat is not None:
+                flats[name] = flat
+        return out, flats
 
     # -------------------------------------------------------- subclass hooks
     def _check(self, hyper: dict) -> None:
@@ -218,10 +239,20 @@ class Optimizer:
                                          f"expected {p.shape} (the parameter's shape)")
                     gstate.setdefault(name, [None] * n)[i] = np.array(arr, dtype=p.dtype, order="C")
             if steps:
-                if len(steps) != 1 or any(None in v for k, v in gstate.items() if k != "step"):
+                if len(steps) != 1 or any(a is None for k, v in gstate.items() if k != "step" for a in v):
                     raise ValueError(f"state_dict: parameters of param_groups[{gi}] must all have state "
                                      f"at the same step; received steps {sorted(steps)}")
                 gstate["step"] = steps.pop()
+            if self._arena[gi] is not None:  # keep the states flat, as views
+                flats = {}
+                for name in names:
+                    if name in gstate:
+                        flats[name] = flat = np.empty(self._arena[gi].size, dtype=self._arena[gi].dtype)
+                        views = _views(flat, group["params"])
+                        for v, arr in zip(views, gstate[name]):
+                            v[...] = arr
+                        gstate[name] = views
+                gstate["_flat"] = flats
             new_groups.append(merged)
             new_states.append(gstate)
             index += n
@@ -238,6 +269,30 @@ class Optimizer:
             hp = ", ".join(f"{k}={g[k]!r}" for k in self.defaults_)
             lines.append(f"  group {i}: {len(g['params'])} params, {hp}")
         return "\n".join(lines + [")"])
+
+
+def _tiling(arrays):
+    """The 1-d array that `arrays` tile in order (views of consecutive
+    pieces covering all of it), or None."""
+    base = arrays[0].base if isinstance(arrays[0], np.ndarray) else None
+    if not isinstance(base, np.ndarray) or base.ndim != 1 or not base.flags.c_contiguous \
+            or not base.flags.writeable or base.dtype != arrays[0].dtype:
+        return None
+    address = base.__array_interface__["data"][0]
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.base is not base or not a.flags.c_contiguous \
+                or a.__array_interface__["data"][0] != address:
+            return None
+        address += a.nbytes
+    return base if address == base.__array_interface__["data"][0] + base.nbytes else None
+
+
+def _views(flat, params) -> list:
+    out, offset = [], 0
+    for p in params:
+        out.append(flat[offset:offset + p.size].reshape(p.shape))
+        offset += p.size
+    return out
 
 
 def _precheck(params, grads) -> None:
