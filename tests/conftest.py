@@ -29,11 +29,13 @@ from fusedtrain import ops, optim, reference
 DTYPES = (np.float32, np.float64)
 
 # Kernel vs reference. Both evaluate the same operations in the same order,
-# with the per-step scalars computed in double and rounded once, so they
-# agree to the last bits; the tolerances leave a few ulps of room only.
+# with the per-step scalars computed in double and rounded once (no FP
+# contraction in the build), so they agree bitwise on this machine; the
+# tolerances leave a few ulps of room only, for a libm or NumPy that rounds a
+# per-step scalar (pow, sqrt) differently.
 TOL = {
     np.dtype(np.float32): dict(rtol=1e-6, atol=1e-7),
-    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14),
+    np.dtype(np.float64): dict(rtol=1e-13, atol=1e-15),
 }
 
 
@@ -56,7 +58,7 @@ def make_rng(*key) -> np.random.Generator:
 def random_array(rng: np.random.Generator, shape, dtype, scale: float = 1.0) -> np.ndarray:
     """Normal values; about one element in ten set to exactly zero (the
     sign(0) = 0 case of the L1 term)."""
-    a = rng.standard_normal(shape) * scale
+    a = np.asarray(rng.standard_normal(shape) * scale)
     a[rng.random(shape) < 0.1] = 0.0
     return np.ascontiguousarray(a, dtype=dtype)
 
@@ -158,14 +160,14 @@ SPECS = (
             tuple(_rmsprop_grid()),
             dict(lr=0.01, alpha=0.4, centered=True, momentum=0.9, weight_decay=0.01, maximize=True,
                  l1=1e-3),
-            dict(lr=0.01, alpha=0.9),
+            dict(lr=0.03, alpha=0.99, centered=True, momentum=0.5),
             "RMSprop"),
     OptSpec("adagrad", ops.adagrad_, reference.adagrad, optim.Adagrad, True,
             lambda h: ("state_sum",),
             tuple(_adagrad_grid()),
             dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, maximize=True, l1=1e-3,
                  initial_accumulator_value=0.1),
-            dict(lr=0.5),
+            dict(lr=1.0),
             "Adagrad"),
 )
 SPEC = {s.name: s for s in SPECS}
@@ -250,11 +252,12 @@ def snapshot(arrays) -> list:
     return [(a.dtype, a.shape, a.tobytes()) for a in arrays]
 
 
-def assert_unchanged(arrays, snap) -> None:
+def assert_unchanged(arrays, snap, labels=None) -> None:
     assert len(arrays) == len(snap)
-    for i, (a, (dtype, shape, data)) in enumerate(zip(arrays, snap)):
-        assert a.dtype == dtype and a.shape == shape, f"array {i} changed dtype/shape"
-        assert a.tobytes() == data, f"array {i} was modified"
+    labels = labels or [f"array {i}" for i in range(len(arrays))]
+    for label, a, (dtype, shape, data) in zip(labels, arrays, snap):
+        assert a.dtype == dtype and a.shape == shape, f"{label} changed dtype/shape"
+        assert a.tobytes() == data, f"{label} was modified"
 
 
 def assert_state_dict_equal(a: dict, b: dict) -> None:

@@ -18,6 +18,12 @@ std::string type_name(py::handle h) { return Py_TYPE(h.ptr())->tp_name; }
 
 std::string dtype_str(const py::array& a) { return std::string(py::str(a.dtype())); }
 
+bool native_order(const py::array& a) {
+  const char bo = a.dtype().byteorder();
+  constexpr char kSwapped = (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) ? '>' : '<';
+  return bo != kSwapped;
+}
+
 py::array as_array(const std::string& name, py::handle h) {
   if (!py::isinstance<py::array>(h))
     throw py::type_error(name + ": expected a numpy.ndarray, received " + type_name(h));
@@ -26,13 +32,13 @@ py::array as_array(const std::string& name, py::handle h) {
 
 int float_dtype(const std::string& name, const py::array& a) {
   const int num = a.dtype().num();
-  if (num != f32_num() && num != f64_num())
+  if ((num != f32_num() && num != f64_num()) || !native_order(a))
     throw py::type_error(name + ": expected dtype float32 or float64, received " + dtype_str(a));
   return num;
 }
 
 void same_dtype(const std::string& name, const py::array& a, int num, const std::string& why) {
-  if (a.dtype().num() != num)
+  if (a.dtype().num() != num || !native_order(a))
     throw py::type_error(name + ": expected dtype " +
                          std::string(py::str(py::dtype(num))) + " (" + why + "), received " +
                          dtype_str(a));

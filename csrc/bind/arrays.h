@@ -27,6 +27,10 @@ inline int f64_num() {
   return n;
 }
 
+// True when a's dtype is stored in this machine's byte order ('>f4' on a
+// little-endian machine has float32's type number but is not).
+bool native_order(const py::array& a);
+
 // h must be a numpy.ndarray.
 py::array as_array(const std::string& name, py::handle h);
 // a's dtype must be float32 or float64; returns its type number.

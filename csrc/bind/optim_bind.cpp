@@ -19,7 +19,7 @@ void bind_optim(py::module_& m) {
       [](py::handle params, py::handle grads, py::handle exp_avg, py::handle exp_avg_sq,
          py::handle max_exp_avg_sq, int64_t step, double lr, double beta1, double beta2,
          double eps, double weight_decay, double l1, bool amsgrad, bool decoupled,
-         bool maximize) {
+         bool maximize, bool dry_run) {
         std::vector<SlotArg> slots = {{"params", params, true},
                                       {"grads", grads, false},
                                       {"exp_avg", exp_avg, true},
@@ -27,6 +27,7 @@ void bind_optim(py::module_& m) {
         if (amsgrad) slots.push_back({"max_exp_avg_sq", max_exp_avg_sq, true});
         const CheckedList c = check_lists(slots);
         const AdamHyper h{lr, beta1, beta2, eps, weight_decay, l1, amsgrad, decoupled, maximize};
+        if (dry_run) return;  // checks only
         py::gil_scoped_release nogil;
         cpu::adam_step(c.tl, c.dtype, h, step);
       },
@@ -36,11 +37,12 @@ void bind_optim(py::module_& m) {
       "sgd_",
       [](py::handle params, py::handle grads, py::handle momentum_buffer, int64_t step,
          double lr, double momentum, double dampening, double weight_decay, double l1,
-         bool nesterov, bool maximize) {
+         bool nesterov, bool maximize, bool dry_run) {
         std::vector<SlotArg> slots = {{"params", params, true}, {"grads", grads, false}};
         if (momentum != 0.0) slots.push_back({"momentum_buffer", momentum_buffer, true});
         const CheckedList c = check_lists(slots);
         const SgdHyper h{lr, momentum, dampening, weight_decay, l1, nesterov, maximize};
+        if (dry_run) return;
         py::gil_scoped_release nogil;
         cpu::sgd_step(c.tl, c.dtype, h, step);
       },
@@ -50,7 +52,7 @@ void bind_optim(py::module_& m) {
       "rmsprop_",
       [](py::handle params, py::handle grads, py::handle square_avg, py::handle grad_avg,
          py::handle momentum_buffer, double lr, double alpha, double eps, double weight_decay,
-         double momentum, double l1, bool centered, bool maximize) {
+         double momentum, double l1, bool centered, bool maximize, bool dry_run) {
         std::vector<SlotArg> slots = {{"params", params, true},
                                       {"grads", grads, false},
                                       {"square_avg", square_avg, true}};
@@ -58,6 +60,7 @@ void bind_optim(py::module_& m) {
         if (momentum > 0.0) slots.push_back({"momentum_buffer", momentum_buffer, true});
         const CheckedList c = check_lists(slots);
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, l1, centered, maximize};
+        if (dry_run) return;
         py::gil_scoped_release nogil;
         cpu::rmsprop_step(c.tl, c.dtype, h);
       },
@@ -66,10 +69,12 @@ void bind_optim(py::module_& m) {
   m.def(
       "adagrad_",
       [](py::handle params, py::handle grads, py::handle state_sum, int64_t step, double lr,
-         double lr_decay, double weight_decay, double eps, double l1, bool maximize) {
+         double lr_decay, double weight_decay, double eps, double l1, bool maximize,
+         bool dry_run) {
         const CheckedList c = check_lists(
             {{"params", params, true}, {"grads", grads, false}, {"state_sum", state_sum, true}});
         const AdagradHyper h{lr, lr_decay, weight_decay, eps, l1, maximize};
+        if (dry_run) return;
         py::gil_scoped_release nogil;
         cpu::adagrad_step(c.tl, c.dtype, h, step);
       },

@@ -59,17 +59,12 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
                             " arrays (one per parameter), received " + std::to_string(len));
   }
 
-  static const int kF32 = py::dtype::of<float>().num();
-  static const int kF64 = py::dtype::of<double>().num();
   PyObject** params = PySequence_Fast_ITEMS(first.list.ptr());
   if (!py::isinstance<py::array>(params[0]))
     throw py::type_error(item_name(first, 0) + ": expected a numpy.ndarray, received " +
                          type_name(params[0]));
   const auto p0 = py::reinterpret_borrow<py::array>(params[0]);
-  const int num = p0.dtype().num();
-  if (num != kF32 && num != kF64)
-    throw py::type_error(item_name(first, 0) + ": expected dtype float32 or float64, received " +
-                         std::string(py::str(p0.dtype())));
+  const int num = float_dtype(item_name(first, 0), p0);
 
   Scratch& sc = scratch();
   const int nslots = int(slots.size());
@@ -87,7 +82,7 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
         throw py::type_error(item_name(s, i) + ": expected a numpy.ndarray, received " +
                              type_name(h));
       const auto a = py::reinterpret_borrow<py::array>(h);
-      if (a.dtype().num() != num)
+      if (a.dtype().num() != num || !native_order(a))
         same_dtype(item_name(s, i), a, num, "the dtype of " + item_name(first, 0));
       if (k > 0 && !same_shape(a, param))
         throw py::value_error(item_name(s, i) + ": expected shape " + shape_str(param) +
@@ -127,7 +122,7 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
   out.tl.slots = nslots;
   out.tl.ptr = sc.ptr.data();
   out.tl.offsets = sc.offsets.data();
-  out.dtype = num == kF32 ? cpu::DType::F32 : cpu::DType::F64;
+  out.dtype = num == f32_num() ? cpu::DType::F32 : cpu::DType::F64;
   return out;
 }
 

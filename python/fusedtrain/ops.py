@@ -60,7 +60,7 @@ def sgd_(params, grads, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, da
     bufs = _required("momentum_buffer", momentum_buffer, "momentum != 0") if h["momentum"] != 0 else None
     module_for(_first(params)).sgd_(
         _list(params), _list(grads), bufs, step, h["lr"], h["momentum"], h["dampening"],
-        h["weight_decay"], h["l1"], h["nesterov"], h["maximize"])
+        h["weight_decay"], h["l1"], h["nesterov"], h["maximize"], False)
 
 
 def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
@@ -71,7 +71,7 @@ def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, e
     module_for(_first(params)).adam_(
         _list(params), _list(grads), _list(exp_avg), _list(exp_avg_sq), vmax, step, h["lr"],
         h["beta1"], h["beta2"], h["eps"], h["weight_decay"], h["l1"], h["amsgrad"], decoupled,
-        h["maximize"])
+        h["maximize"], False)
 
 
 def adam_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -128,7 +128,7 @@ def rmsprop_(params, grads, square_avg, grad_avg=None, momentum_buffer=None, *, 
     bufs = _required("momentum_buffer", momentum_buffer, "momentum > 0") if h["momentum"] > 0 else None
     module_for(_first(params)).rmsprop_(
         _list(params), _list(grads), _list(square_avg), ga, bufs, h["lr"], h["alpha"], h["eps"],
-        h["weight_decay"], h["momentum"], h["l1"], h["centered"], h["maximize"])
+        h["weight_decay"], h["momentum"], h["l1"], h["centered"], h["maximize"], False)
 
 
 def adagrad_(params, grads, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
@@ -148,8 +148,12 @@ def adagrad_(params, grads, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_de
     step = V.step(step)
     module_for(_first(params)).adagrad_(
         _list(params), _list(grads), _list(state_sum), step, h["lr"], h["lr_decay"],
-        h["weight_decay"], h["eps"], h["l1"], h["maximize"])
+        h["weight_decay"], h["eps"], h["l1"], h["maximize"], False)
 
 from ._ops_dense import dense_backward, dense_forward  # noqa: E402
 
 __all__ += ["dense_forward", "dense_backward"]
+
+from ._ops_loss import softmax_cross_entropy, bce_with_logits, mse, dropout, dropout_backward  # noqa: E402
+
+__all__ += ["softmax_cross_entropy", "bce_with_logits", "mse", "dropout", "dropout_backward"]

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import copy
 import numbers
+import re
 
 import numpy as np
 
 __all__ = ["Optimizer"]
+
+_ITEM = re.compile(r"\b(params|grads|exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg"
+                   r"|grad_avg|state_sum)\[(\d+)\]")
 
 
 class Optimizer:
@@ -100,31 +104,50 @@ class Optimizer:
             raise ValueError(f"grads: expected {n} arrays (one per parameter), received {len(grads)}")
         for group in self.param_groups:  # hyperparameters may have been edited
             self._check(group)
-        if len(self.param_groups) > 1:
-            # the kernel validates its own group; check the others' gradients
-            # too before the first group is updated
-            _precheck(self.params, grads)
+        plans = []
         start = 0
         for gi, (group, gstate) in enumerate(zip(self.param_groups, self._group_state)):
-            params = group["params"]
-            stop = start + len(params)
-            step = gstate["step"] + 1
+            stop = start + len(group["params"])
             buffers, flats = self._buffers(gi, group, gstate)
-            group_grads = grads[start:stop]
-            arena = self._arena[gi]
-            grad_arena = _tiling(group_grads) if arena is not None else None
-            if grad_arena is not None and grad_arena.size == arena.size:
+            plans.append((group, gstate, grads[start:stop], buffers, flats, gstate["step"] + 1))
+            start = stop
+        arenas = [self._arena_call(gi, plan) for gi, plan in enumerate(plans)]
+        if len(plans) > 1 or any(a is not None for a in arenas):
+            # every array of every group is checked before anything is written
+            # (one kernel call validates only its own lists)
+            for gi, (group, _, group_grads, buffers, _, step) in enumerate(plans):
+                try:
+                    self._step_group(group, group["params"], group_grads, buffers, step, dry_run=True)
+                except (TypeError, ValueError) as exc:
+                    if len(plans) == 1:
+                        raise
+                    # the kernel numbers the group's arrays from 0: renumber
+                    offset = sum(len(g["params"]) for g in self.param_groups[:gi])
+                    msg = _ITEM.sub(lambda m: f"{m.group(1)}[{int(m.group(2)) + offset}]", str(exc))
+                    raise type(exc)(f"param_groups[{gi}]: {msg}") from None
+        for (group, gstate, group_grads, buffers, flats, step), arena in zip(plans, arenas):
+            if arena is not None:
                 # parameters, gradients and states each tile one flat array:
                 # step the whole group as a single array
-                self._step_group(group, [arena], [grad_arena],
-                                 {k: [v] for k, v in flats.items()}, step)
+                self._step_group(group, *arena, step)
             else:
-                self._step_group(group, params, group_grads, buffers, step)
+                self._step_group(group, group["params"], group_grads, buffers, step)
             # committed only after the kernel succeeded
             gstate.update(buffers)
             gstate["_flat"] = flats
             gstate["step"] = step
-            start = stop
+
+    def _arena_call(self, gi, plan):
+        """(params, grads, buffers) as single flat arrays when the group's
+        parameters, gradients and states each tile one array, else None."""
+        arena = self._arena[gi]
+        if arena is None:
+            return None
+        group_grads, flats = plan[2], plan[4]
+        grad_arena = _tiling(group_grads)
+        if grad_arena is None or grad_arena.size != arena.size:
+            return None
+        return [arena], [grad_arena], {k: [v] for k, v in flats.items()}
 
     def _buffers(self, gi, group, gstate):
         """The state lists this group needs now (new ones filled with
@@ -159,7 +182,9 @@ class Optimizer:
     def _initial_value(self, name: str, group: dict) -> float:
         return 0.0
 
-    def _step_group(self, group, params, grads, buffers, step) -> None:
+    def _step_group(self, group, params, grads, buffers, step, dry_run=False) -> None:
+        """One fused kernel call over the group (only the argument checks when
+        dry_run)."""
         raise NotImplementedError
 
     # --------------------------------------------------------------- state
@@ -293,20 +318,6 @@ def _views(flat, params) -> list:
         out.append(flat[offset:offset + p.size].reshape(p.shape))
         offset += p.size
     return out
-
-
-def _precheck(params, grads) -> None:
-    for i, (p, g) in enumerate(zip(params, grads)):
-        if not isinstance(g, np.ndarray):
-            raise TypeError(f"grads[{i}]: expected a numpy.ndarray, received {type(g).__name__}")
-        if g.dtype != p.dtype:
-            raise TypeError(f"grads[{i}]: expected dtype {p.dtype} (the dtype of its parameter), received {g.dtype}")
-        if g.shape != p.shape:
-            raise ValueError(f"grads[{i}]: expected shape {p.shape} (the shape of its parameter), received {g.shape}")
-        if not g.flags.c_contiguous:
-            raise ValueError(f"grads[{i}]: expected a C-contiguous array, received a non-contiguous view")
-        if np.may_share_memory(p, g):
-            raise ValueError(f"grads[{i}]: shares memory with its parameter; expected a separate array")
 
 
 def _as_step(value, key) -> int:
