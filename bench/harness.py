@@ -83,11 +83,19 @@ def check_close(label: str, actual: np.ndarray, expected: np.ndarray, *, rtol: f
     worst = 0.0
     for lo in range(0, a.size, _CHUNK):
         ac, ec = a[lo:lo + _CHUNK], e[lo:lo + _CHUNK]
-        diff = np.abs(ac - ec)
-        ok = diff <= atol + rtol * np.abs(ec)  # NaN compares False
-        if not ok.all():
-            same_nonfinite = ~np.isfinite(ec) & ((ac == ec) | (np.isnan(ac) & np.isnan(ec)))
-            ok |= same_nonfinite
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: judged below
+            diff = np.subtract(ac, ec)
+        np.abs(diff, out=diff)
+        tol = np.abs(ec)
+        tol *= rtol
+        tol += atol
+        ok = diff <= tol  # NaN compares False
+        if ok.all():
+            if diff.size:
+                worst = max(worst, float(diff.max()))
+            continue
+        # equal non-finite values (inf == inf, NaN where NaN is expected) pass
+        ok |= ~np.isfinite(ec) & ((ac == ec) | (np.isnan(ac) & np.isnan(ec)))
         if not ok.all():
             bad = np.flatnonzero(~ok)
             first = int(bad[0]) + lo
@@ -152,7 +160,8 @@ def _stats(ns: Sequence[int]) -> dict:
 def measure(competitors: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 3,
             min_time: float = 0.0, *, baseline: str | None = None,
             max_samples: Mapping[str, int] | None = None, max_repeats: int | None = None,
-            warmup_by_name: Mapping[str, int] | None = None) -> dict:
+            warmup_by_name: Mapping[str, int] | None = None,
+            max_time: float | None = None) -> dict:
     """Times interleaved competitors; returns ``{name: stats}``.
 
     ``competitors`` maps a name to a callable doing one unit of work (one
@@ -164,7 +173,9 @@ def measure(competitors: Mapping[str, Callable[[], object]], repeats: int, warmu
     never beyond ``max_repeats`` rounds (default ``max(repeats, 10 * repeats)``
     when ``min_time`` is set). ``max_samples[name]`` caps how many rounds a slow
     competitor takes part in (its samples are then spread evenly over the
-    rounds). The garbage collector is off while timing.
+    rounds). ``max_time`` (seconds of wall time for all rounds) stops early,
+    after at least 3 rounds: a time budget for smoke tests. The garbage
+    collector is off while timing.
 
     Per competitor: ``samples``, ``median_ns``, ``p10_ns``, ``p90_ns``,
     ``min_ns``, ``mean_ns``, ``raw_ns`` (in round order) and, when
@@ -210,7 +221,10 @@ def measure(competitors: Mapping[str, Callable[[], object]], repeats: int, warmu
     try:
         spent = 0
         r = 0
+        start = time.perf_counter()
         while r < repeats or (spent < min_time * 1e9 and r < max_repeats):
+            if max_time is not None and r >= 3 and time.perf_counter() - start > max_time:
+                break
             k = r % len(names)
             for name in names[k:] + names[:k]:
                 if not takes_part(name, r):
