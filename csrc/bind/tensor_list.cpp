@@ -44,6 +44,22 @@ py::ssize_t list_length(const SlotArg& s) {
   return PySequence_Fast_GET_SIZE(s.list.ptr());
 }
 
+// Raises the descriptive error for slots[k][i], which failed the fast check.
+[[noreturn]] void raise_bad_item(const std::vector<SlotArg>& slots, const SlotArg& first,
+                                 py::ssize_t i, int k, int num) {
+  const SlotArg& s = slots[k];
+  py::handle h = PySequence_Fast_ITEMS(s.list.ptr())[i];
+  const py::array a = as_array(item_name(s, i), h);
+  same_dtype(item_name(s, i), a, num, "the dtype of " + item_name(first, 0));
+  const auto param = py::reinterpret_borrow<py::array>(PySequence_Fast_ITEMS(first.list.ptr())[i]);
+  if (!same_shape(a, param))
+    throw py::value_error(item_name(s, i) + ": expected shape " + shape_str(param) +
+                          " (the shape of " + item_name(first, i) + "), received " +
+                          shape_str(a));
+  contiguous(item_name(s, i), a, s.writable);
+  throw py::value_error(item_name(s, i) + ": rejected");  // unreachable: one check above fails
+}
+
 }  // namespace
 
 CheckedList check_lists(const std::vector<SlotArg>& slots) {
@@ -73,31 +89,37 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
   sc.intervals.clear();
   sc.offsets[0] = 0;
 
+  // Fast path on the raw array structs (no reference counting, no
+  // allocation); any mismatch re-checks that array with the descriptive
+  // checks of bind/arrays.h, which raise.
+  const auto& api = py::detail::npy_api::get();
+  constexpr int kFlags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                         py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  constexpr char kSwapped = (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__) ? '>' : '<';
+  const int64_t itemsize = num == f32_num() ? 4 : 8;
   for (py::ssize_t i = 0; i < n; ++i) {
-    const auto param = py::reinterpret_borrow<py::array>(params[i]);
+    const auto* param = py::detail::array_proxy(params[i]);
     for (int k = 0; k < nslots; ++k) {
       const SlotArg& s = slots[k];
-      py::handle h = PySequence_Fast_ITEMS(s.list.ptr())[i];
-      if (!py::isinstance<py::array>(h))
-        throw py::type_error(item_name(s, i) + ": expected a numpy.ndarray, received " +
-                             type_name(h));
-      const auto a = py::reinterpret_borrow<py::array>(h);
-      if (a.dtype().num() != num || !native_order(a))
-        same_dtype(item_name(s, i), a, num, "the dtype of " + item_name(first, 0));
-      if (k > 0 && !same_shape(a, param))
-        throw py::value_error(item_name(s, i) + ": expected shape " + shape_str(param) +
-                              " (the shape of " + item_name(first, i) + "), received " +
-                              shape_str(a));
-      constexpr int kLayout = py::array::c_style | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-      if ((a.flags() & kLayout) != kLayout || (s.writable && !a.writeable()))
-        contiguous(item_name(s, i), a, s.writable);  // raises, saying which
-      void* data = const_cast<void*>(a.data());
-      sc.ptr[size_t(i) * nslots + k] = data;
-      const auto nbytes = uintptr_t(a.nbytes());
-      if (nbytes > 0)
-        sc.intervals.push_back({uintptr_t(data), uintptr_t(data) + nbytes, k, int64_t(i)});
+      PyObject* h = PySequence_Fast_ITEMS(s.list.ptr())[i];
+      bool ok = api.PyArray_Check_(h);
+      const auto* a = py::detail::array_proxy(h);
+      if (ok) {
+        const auto* d = py::detail::array_descriptor_proxy(a->descr);
+        ok = d->type_num == num && d->byteorder != kSwapped && (a->flags & kFlags) == kFlags &&
+             (!s.writable || (a->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) &&
+             a->nd == param->nd;
+        for (int dim = 0; ok && dim < a->nd; ++dim) ok = a->dimensions[dim] == param->dimensions[dim];
+      }
+      if (!ok) raise_bad_item(slots, first, i, k, num);
+      int64_t size = 1;
+      for (int dim = 0; dim < a->nd; ++dim) size *= a->dimensions[dim];
+      sc.ptr[size_t(i) * nslots + k] = a->data;
+      if (size > 0)
+        sc.intervals.push_back({uintptr_t(a->data), uintptr_t(a->data) + uintptr_t(size * itemsize),
+                                k, int64_t(i)});
+      if (k == 0) sc.offsets[i + 1] = sc.offsets[i] + size;
     }
-    sc.offsets[i + 1] = sc.offsets[i] + int64_t(param.size());
   }
 
   // No two buffers may share memory: a parameter aliasing its gradient or a
