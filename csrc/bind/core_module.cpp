@@ -2,6 +2,9 @@
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
+#include "cpu/blas.h"
 #include "cpu/optim_cpu.h"
 #include "cpu/parallel.h"
 
@@ -19,6 +22,7 @@ void bind_loss(py::module_& m);
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fusedtrain CPU kernels (C++, OpenMP, runtime SIMD dispatch)";
+  fusedtrain::cpu::use_serial_blas();
 
   m.def(
       "set_num_threads",
@@ -36,6 +40,8 @@ PYBIND11_MODULE(_core, m) {
     d["num_threads"] = fusedtrain::cpu::num_threads();
     d["openmp"] = int(_OPENMP);
     d["compiler"] = FT_CXX_COMPILER;
+    d["blas"] = std::string(scipy_openblas_get_config());
+    d["blas_threads"] = scipy_openblas_get_num_threads();
     return d;
   });
 

@@ -26,4 +26,14 @@ inline void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, do
                     alpha, A, blasint(lda), B, blasint(ldb), beta, C, blasint(ldc));
 }
 
+// OpenBLAS runs single-threaded: the dense kernels parallelise over fixed
+// tiles with their own OpenMP threads and call a serial GEMM per tile. One
+// thread pool, not two: OpenBLAS's worker threads spin after each call (and
+// whenever its thread count is raised again), taking the cores from the
+// OpenMP loops that follow -- an order of magnitude slower on a 2-core
+// machine. The scipy-openblas32 library is this package's own (NumPy and
+// SciPy wheels load their own copies), so nothing else is affected.
+// Called once when _core is imported.
+inline void use_serial_blas() { scipy_openblas_set_num_threads(1); }
+
 }  // namespace fusedtrain::cpu

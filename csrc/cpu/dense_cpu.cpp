@@ -1,21 +1,65 @@
-// Dense-layer loops on the CPU. The GEMMs run in OpenBLAS (its own threads);
-// the epilogues here are single passes over a block that is still in cache,
-// run on the calling thread so the two thread pools never compete.
+// Dense-layer loops on the CPU. Work is cut into fixed tiles of rows (or
+// columns) that OpenMP threads share; each tile is a serial OpenBLAS GEMM,
+// followed in the same thread by the fused epilogue while the tile is still
+// in cache. Tiles never split the reduction dimension and their size does not
+// depend on the thread count, so results are bitwise the same for any number
+// of threads.
 #include "cpu/dense_cpu.h"
+
+#include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "cpu/blas.h"
+#include "cpu/parallel.h"
 #include "cpu/simd.h"
 
 namespace fusedtrain::cpu {
 
 namespace {
 
-// Rows per GEMM block in the forward pass: about 64K outputs (256 KiB of
-// float32), so the epilogue finds the block in L2.
-constexpr int64_t kBlockElems = 1 << 16;
+// Rows (or columns) per tile: large enough that re-packing the shared GEMM
+// operand per tile costs ~2%, small enough to spread a batch of 128 rows.
+constexpr int64_t kTile = 32;
+// Below this many multiply-adds a GEMM runs on one thread.
+constexpr int64_t kMinParallelFlops = 1 << 21;
+
+int64_t tiles(int64_t n) { return (n + kTile - 1) / kTile; }
+
+// Runs f(t) for t in [0, ntiles) on up to num_threads() threads.
+template <class F>
+void for_tiles(int64_t ntiles, int64_t flops, F&& f) {
+  const int nt = int(std::min<int64_t>({int64_t(num_threads()), ntiles,
+                                        std::max<int64_t>(1, flops / kMinParallelFlops)}));
+  if (nt <= 1) {
+    for (int64_t t = 0; t < ntiles; ++t) f(t);
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t t = 0; t < ntiles; ++t) f(t);
+}
+
+// C (M, N) = op(A) @ op(B) + beta C as tiles of C's rows or columns (the
+// longer side), the K dimension never split.
+template <typename T>
+void tiled_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
+                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  const int64_t flops = M * N * K;
+  if (M >= N) {
+    for_tiles(tiles(M), flops, [&](int64_t t) {
+      const int64_t m0 = t * kTile, m = std::min(kTile, M - m0);
+      const T* a = ta ? A + m0 : A + m0 * lda;  // rows of op(A)
+      gemm(ta, tb, m, N, K, T(1), a, lda, B, ldb, beta, C + m0 * ldc, ldc);
+    });
+  } else {
+    for_tiles(tiles(N), flops, [&](int64_t t) {
+      const int64_t n0 = t * kTile, n = std::min(kTile, N - n0);
+      const T* b = tb ? B + n0 * ldb : B + n0;  // columns of op(B)
+      gemm(ta, tb, M, n, K, T(1), A, lda, b, ldb, beta, C + n0, ldc);
+    });
+  }
+}
 
 // ---------------------------------------------------------------------------
 // forward epilogue: v = y + b; z = v (if saved); y = act(v)
@@ -72,16 +116,14 @@ void epilogue(T* y, T* z, const T* b, int64_t rows, int64_t cols, T slope) {
 template <Act A, typename T>
 void forward_impl(const T* x, const T* w, const T* b, T* y, T* z, int64_t B, int64_t in,
                   int64_t out, T slope) {
-  const int64_t block = std::max<int64_t>(1, kBlockElems / std::max<int64_t>(out, 1));
-  for (int64_t r0 = 0; r0 < B; r0 += block) {
-    const int64_t rows = std::min(block, B - r0);
-    gemm(false, false, rows, out, in, T(1), x + r0 * in, std::max<int64_t>(in, 1), w,
-         std::max<int64_t>(out, 1), T(0), y + r0 * out, std::max<int64_t>(out, 1));
-    if constexpr (A == Act::Identity) {
-      if (!b) continue;
-    }
-    epilogue<A>(y + r0 * out, z ? z + r0 * out : nullptr, b, rows, out, slope);
-  }
+  const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
+  for_tiles(tiles(B), B * in * out, [&](int64_t t) {
+    const int64_t r0 = t * kTile, rows = std::min(kTile, B - r0);
+    gemm(false, false, rows, out, in, T(1), x + r0 * in, ld_in, w, ld_out, T(0), y + r0 * out,
+         ld_out);
+    if (A != Act::Identity || b)
+      epilogue<A>(y + r0 * out, z ? z + r0 * out : nullptr, b, rows, out, slope);
+  });
 }
 
 // ---------------------------------------------------------------------------
@@ -133,26 +175,35 @@ FT_CLONES void column_sums(const T* __restrict dy, double* __restrict acc, int64
 template <Act A, typename T>
 void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T* dx, T* dw,
                    T* db, int64_t B, int64_t in, int64_t out, T slope, bool accumulate) {
-  thread_local std::vector<double> acc;
-  acc.assign(size_t(out), 0.0);
-  const T* g = dy;
-  if constexpr (A == Act::Identity) {
-    column_sums(dy, acc.data(), B, out);
-  } else if constexpr (A == Act::Softmax) {
-    softmax_grad_rows(dy, saved, dz, acc.data(), B, out);
-    g = dz;
-  } else {
-    grad_rows<A>(dy, saved, dz, acc.data(), B, out, slope);
-    g = dz;
-  }
+  // one pass over dy per row tile: dz = dy * act'(saved) and the tile's
+  // column sums (double); the tiles' sums are then added in tile order
+  const int64_t nt = tiles(B);
+  thread_local std::vector<double> partial;
+  partial.assign(size_t(std::max<int64_t>(nt, 1) * out), 0.0);
+  const T* g = A == Act::Identity ? dy : dz;
+  for_tiles(nt, B * out * 8, [&](int64_t t) {
+    const int64_t r0 = t * kTile, rows = std::min(kTile, B - r0);
+    double* acc = partial.data() + t * out;
+    if constexpr (A == Act::Identity) {
+      column_sums(dy + r0 * out, acc, rows, out);
+    } else if constexpr (A == Act::Softmax) {
+      softmax_grad_rows(dy + r0 * out, saved + r0 * out, dz + r0 * out, acc, rows, out);
+    } else {
+      grad_rows<A>(dy + r0 * out, saved + r0 * out, dz + r0 * out, acc, rows, out, slope);
+    }
+  });
   if (db) {
-    for (int64_t c = 0; c < out; ++c) db[c] = accumulate ? T(double(db[c]) + acc[c]) : T(acc[c]);
+    for (int64_t c = 0; c < out; ++c) {
+      double sum = accumulate ? double(db[c]) : 0.0;
+      for (int64_t t = 0; t < nt; ++t) sum += partial[size_t(t * out + c)];
+      db[c] = T(sum);
+    }
   }
   const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
   // dw (in, out) = x^T (in, B) @ g (B, out)
-  gemm(true, false, in, out, B, T(1), x, ld_in, g, ld_out, accumulate ? T(1) : T(0), dw, ld_out);
+  tiled_gemm(true, false, in, out, B, x, ld_in, g, ld_out, accumulate ? T(1) : T(0), dw, ld_out);
   // dx (B, in) = g (B, out) @ w^T (out, in)
-  if (dx) gemm(false, true, B, in, out, T(1), g, ld_out, w, ld_out, T(0), dx, ld_in);
+  if (dx) tiled_gemm(false, true, B, in, out, g, ld_out, w, ld_out, T(0), dx, ld_in);
 }
 
 }  // namespace

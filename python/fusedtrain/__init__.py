@@ -12,7 +12,7 @@ import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 from . import _core
 from ._version import __version__
 from .backend import build_info, cuda_available, get_num_threads, set_num_threads
-from . import nn, ops, optim, reference
+from . import data, metrics, nn, ops, optim, reference, schedules, train
 
 __all__ = [
     "__version__",
@@ -20,8 +20,12 @@ __all__ = [
     "cuda_available",
     "get_num_threads",
     "set_num_threads",
+    "data",
+    "metrics",
     "nn",
     "ops",
     "optim",
     "reference",
+    "schedules",
+    "train",
 ]

@@ -37,14 +37,14 @@ def _parser():
     t.add_argument("--activation", default="relu",
                    choices=["relu", "leaky_relu", "sigmoid", "tanh", "gelu"])
     t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "rmsprop", "adagrad"])
-    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--momentum", type=float, default=0.9, help="for sgd and rmsprop")
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--l1", type=float, default=0.0)
     t.add_argument("--dropout", type=float, default=0.0)
-    t.add_argument("--epochs", type=int, default=20, help="total epochs (a resumed run continues up to it)")
+    t.add_argument("--epochs", type=int, default=30, help="total epochs (a resumed run continues up to it)")
     t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--schedule", default="constant",
+    t.add_argument("--schedule", default="cosine",
                    help="constant, exponential, step, multistep, cosine or warmup_cosine")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--save", metavar="CKPT", help="write a checkpoint here at the end")

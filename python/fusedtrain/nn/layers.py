@@ -129,8 +129,9 @@ class Dropout(Layer):
     scale the rest by 1 / (1 - p); identity in inference.
 
     Masks come from the counter-based Philox generator: a call's mask depends
-    only on (seed, offset, shape); the offset advances by the number of
-    elements after every training call, and is part of a checkpoint.
+    only on (seed, offset, shape); the offset (the high half of the Philox
+    counter) advances by one after every training call, and is part of a
+    checkpoint.
     """
 
     def __init__(self, p=0.5):
@@ -146,7 +147,7 @@ class Dropout(Layer):
             self._mask = None
             return x
         y, self._mask = ops.dropout(x, self.p, self.seed, self.offset)
-        self.offset += x.size
+        self.offset += 1
         return y
 
     def backward(self, dy, need_dx=True, accumulate=False):
