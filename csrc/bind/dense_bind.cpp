@@ -74,8 +74,9 @@ void bind_dense(py::module_& m) {
           throw py::value_error("w: expected shape (" + std::to_string(in) +
                                 ", out) to match x.shape[1] = " + std::to_string(in) +
                                 ", received " + shape_str(w));
-        py::array b;
-        if (!b_.is_none()) {
+        py::array b;  // stays unused when b_ is None (a default py::array is not null)
+        const bool has_b = !b_.is_none();
+        if (has_b) {
           b = as_array("b", b_);
           same_dtype("b", b, num, "the dtype of x");
           shape_is("b", b, {out});
@@ -84,7 +85,7 @@ void bind_dense(py::module_& m) {
         py::array y = output("out", y_, num, B, out);
         disjoint("out", y, "x", x);
         disjoint("out", y, "w", w);
-        if (b) disjoint("out", y, "b", b);
+        if (has_b) disjoint("out", y, "b", b);
         py::object z = py::none();
         void* zp = nullptr;
         if (saved_of(act) == Saved::PreActivation) {
@@ -92,7 +93,7 @@ void bind_dense(py::module_& m) {
           zp = za.mutable_data();
           z = za;
         }
-        const void* bp = b ? b.data() : nullptr;
+        const void* bp = has_b ? b.data() : nullptr;
         {
           py::gil_scoped_release nogil;  // no Python object is touched below
           auto run = [&](auto tag) {
@@ -123,7 +124,8 @@ void bind_dense(py::module_& m) {
                                 " rows (dy.shape[0]), received shape " + shape_str(x));
         shape_is("w", w, {in, out});
         py::array saved;
-        if (saved_of(act) != Saved::Nothing) {
+        const bool has_saved = saved_of(act) != Saved::Nothing;
+        if (has_saved) {
           if (saved_.is_none())
             throw py::value_error("saved: required for this activation (pass what dense_forward returned); received None");
           saved = matrix("saved", saved_, num, "the dtype of dy", false);
@@ -139,7 +141,7 @@ void bind_dense(py::module_& m) {
           disjoint(on, *o, "dy", dy);
           disjoint(on, *o, "x", x);
           disjoint(on, *o, "w", w);
-          if (saved) disjoint(on, *o, "saved", saved);
+          if (has_saved) disjoint(on, *o, "saved", saved);
         }
         disjoint("dw_out", dw, "db_out", db);
         py::object dx = py::none(), dz = py::none();
@@ -154,7 +156,7 @@ void bind_dense(py::module_& m) {
           dzp = a.mutable_data();
           dz = a;
         }
-        const void* sp = saved ? saved.data() : nullptr;
+        const void* sp = has_saved ? saved.data() : nullptr;
         {
           py::gil_scoped_release nogil;  // no Python object is touched below
           auto run = [&](auto tag) {

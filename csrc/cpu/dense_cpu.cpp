@@ -194,9 +194,9 @@ void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T
   });
   if (db) {
     for (int64_t c = 0; c < out; ++c) {
-      double sum = accumulate ? double(db[c]) : 0.0;
+      double sum = 0.0;
       for (int64_t t = 0; t < nt; ++t) sum += partial[size_t(t * out + c)];
-      db[c] = T(sum);
+      db[c] = accumulate ? T(double(db[c]) + sum) : T(sum);
     }
   }
   const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);

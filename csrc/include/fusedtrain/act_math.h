@@ -58,7 +58,9 @@ FT_HD T act_backward(T dy, T s, T slope) {
   if constexpr (A == Act::Identity || A == Act::Softmax) {
     return dy;  // softmax: see softmax_backward
   } else if constexpr (A == Act::Relu) {
-    return s > T(0) ? dy : T(0);
+    // a product, not a select: GCC sinks the load of dy into the branch of a
+    // select with a constant arm and then cannot vectorise the loop
+    return dy * T(s > T(0));
   } else if constexpr (A == Act::LeakyRelu) {
     return s > T(0) ? dy : dy * slope;
   } else if constexpr (A == Act::Sigmoid) {
