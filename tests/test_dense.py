@@ -764,3 +764,35 @@ def test_valid_calls_of_the_bad_input_tables(dtype):
     assert y.dtype == dtype
     dx, dw, db = Bwd(dtype).run()
     assert dx.shape == (5, 7) and dw.shape == (7, 3) and db.shape == (3,)
+
+
+# ---------------------------------------------------------------------------
+# preallocated dx and workspace (no allocation per batch in a training loop)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("act", ["identity", "relu", "gelu", "softmax"])
+def test_backward_into_preallocated_dx_and_workspace(act):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((33, 7))
+    w = rng.standard_normal((7, 22))
+    y, saved = ops.dense_forward(x, w, None, act)
+    dy = rng.standard_normal(y.shape)
+    dx_ref, dw_ref, db_ref = ops.dense_backward(dy, x, w, saved, act)
+    dx_out, ws = np.full((33, 7), np.nan), np.full((33, 22), np.nan)
+    dx, dw, db = ops.dense_backward(dy, x, w, saved, act, dx_out=dx_out, workspace=ws)
+    assert dx is dx_out
+    assert np.array_equal(dx, dx_ref) and np.array_equal(dw, dw_ref) and np.array_equal(db, db_ref)
+
+
+def test_backward_preallocated_bad():
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((5, 3)), rng.standard_normal((3, 4))
+    y, saved = ops.dense_forward(x, w, None, "relu")
+    dy = rng.standard_normal(y.shape)
+    with pytest.raises(ValueError, match="dx_out"):
+        ops.dense_backward(dy, x, w, saved, "relu", dx_out=np.empty((5, 4)))
+    with pytest.raises(ValueError, match="dx_out"):
+        ops.dense_backward(dy, x, w, saved, "relu", need_dx=False, dx_out=np.empty((5, 3)))
+    with pytest.raises(ValueError, match="workspace and dy"):
+        ops.dense_backward(dy, x, w, saved, "relu", workspace=dy)
+    with pytest.raises(ValueError, match="dx_out and x"):
+        ops.dense_backward(dy, x, w, saved, "relu", dx_out=x)

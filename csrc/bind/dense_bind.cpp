@@ -110,7 +110,8 @@ void bind_dense(py::module_& m) {
   m.def(
       "dense_backward",
       [](py::handle dy_, py::handle x_, py::handle w_, py::handle saved_, int act_code,
-         double slope, bool need_dx, py::handle dw_, py::handle db_, bool accumulate) {
+         double slope, bool need_dx, py::handle dw_, py::handle db_, bool accumulate,
+         py::handle dx_, py::handle ws_) {
         const Act act = act_from(act_code);
         // dy is (B, out), x (B, in), w (in, out), saved (B, out)
         py::array dy = as_array("dy", dy_);
@@ -144,17 +145,28 @@ void bind_dense(py::module_& m) {
           if (has_saved) disjoint(on, *o, "saved", saved);
         }
         disjoint("dw_out", dw, "db_out", db);
-        py::object dx = py::none(), dz = py::none();
+        // dx and the dz workspace: given (reused across batches) or new
+        py::object dx = py::none();
         void *dxp = nullptr, *dzp = nullptr;
+        std::vector<std::pair<const char*, py::array>> inputs = {{"dy", dy}, {"x", x}, {"w", w},
+                                                                 {"dw_out", dw}, {"db_out", db}};
+        if (has_saved) inputs.push_back({"saved", saved});
         if (need_dx) {
-          py::array a(py::dtype(num), std::vector<py::ssize_t>{B, in});
+          py::array a = output("dx_out", dx_, num, B, in);
+          if (!dx_.is_none())
+            for (const auto& [name, arr] : inputs) disjoint("dx_out", a, name, arr);
           dxp = a.mutable_data();
           dx = a;
+          inputs.push_back({"dx_out", a});
+        } else if (!dx_.is_none()) {
+          throw py::value_error("dx_out: given with need_dx=False; pass one or the other");
         }
+        py::array dz;
         if (act != Act::Identity) {
-          py::array a(py::dtype(num), std::vector<py::ssize_t>{B, out});
-          dzp = a.mutable_data();
-          dz = a;
+          dz = output("workspace", ws_, num, B, out);
+          if (!ws_.is_none())
+            for (const auto& [name, arr] : inputs) disjoint("workspace", dz, name, arr);
+          dzp = dz.mutable_data();
         }
         const void* sp = has_saved ? saved.data() : nullptr;
         {

@@ -65,15 +65,17 @@ def dense_forward(x, w, b=None, activation="identity", out=None, **act_kwargs):
 
 
 def dense_backward(dy, x, w, saved, activation="identity", need_dx=True, dw_out=None,
-                   db_out=None, accumulate=False, **act_kwargs):
+                   db_out=None, accumulate=False, dx_out=None, workspace=None, **act_kwargs):
     """Gradients of :func:`dense_forward`; returns ``(dx, dw, db)``.
 
     dy is (B, out), the gradient of the loss with respect to y. One pass
     computes dz = dy * act'(saved) and db = dz summed over rows; then
     dw = x.T @ dz and dx = dz @ w.T (skipped, dx None, when need_dx=False).
-    ``dw_out`` / ``db_out`` take preallocated outputs; with accumulate=True
-    the gradients are added to them (gradient accumulation).
+    ``dw_out`` / ``db_out`` / ``dx_out`` take preallocated outputs; with
+    accumulate=True dw and db are added to them (gradient accumulation).
+    ``workspace`` is an optional (B, out) scratch buffer for dz (reused
+    across batches, nothing is allocated per call when all are given).
     """
     code, slope = _act_kwargs(activation, act_kwargs)
     return _dense_backward(dy, x, w, saved, code, slope, V.flag("need_dx", need_dx), dw_out,
-                           db_out, V.flag("accumulate", accumulate))
+                           db_out, V.flag("accumulate", accumulate), dx_out, workspace)

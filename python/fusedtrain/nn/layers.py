@@ -78,6 +78,7 @@ class Dense(Layer):
         self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
         self.use_bias = bool(bias)
         self._out = {}  # batch size -> preallocated output
+        self._back = {}  # batch size -> preallocated (dx, dz workspace)
         self._x = self._saved = None
 
     def param_specs(self):
@@ -111,9 +112,17 @@ class Dense(Layer):
         return y
 
     def backward(self, dy, need_dx=True, accumulate=False):
+        n = dy.shape[0]
+        bufs = self._back.get(n)
+        if bufs is None:
+            dt = self.weight.dtype
+            bufs = self._back[n] = (np.empty((n, self.in_features), dt),
+                                    np.empty((n, self.out_features), dt))
         dx, _, _ = ops.dense_backward(dy, self._x, self.weight, self._saved, self.activation,
                                       need_dx=need_dx, dw_out=self.grad_weight,
                                       db_out=self.grad_bias, accumulate=accumulate,
+                                      dx_out=bufs[0] if need_dx else None,
+                                      workspace=bufs[1] if self.activation not in ("identity", "linear") else None,
                                       **self.act_kwargs)
         return dx
 
