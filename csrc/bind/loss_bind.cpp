@@ -12,6 +12,7 @@
 
 #include "bind/arrays.h"
 #include "cpu/loss_cpu.h"
+#include "fusedtrain/philox.h"
 
 namespace py = pybind11;
 
@@ -61,9 +62,8 @@ void matching_input(const std::string& name, const py::array& a, int num,
 cpu::LabelView label_view(const py::array& labels) {
   const py::dtype dt = labels.dtype();
   const char kind = dt.kind();
-  const bool native = dt.byteorder() != '>' && dt.byteorder() != '!';  // little-endian host
   const auto size = dt.itemsize();
-  if ((kind != 'i' && kind != 'u') || !native ||
+  if ((kind != 'i' && kind != 'u') || !native_order(labels) ||
       !(size == 1 || size == 2 || size == 4 || size == 8))
     throw py::type_error("labels: expected an integer dtype (int32, int64, ...), received " +
                          dtype_str(labels));
@@ -239,8 +239,9 @@ void bind_loss(py::module_& m) {
         const py::array mask = as_array("mask", mask_h);
         const char kind = mask.dtype().kind();
         if (!((kind == 'b' || kind == 'u') && mask.dtype().itemsize() == 1))
-          throw py::type_error("mask: expected dtype bool or uint8 (as dropout returns), received " +
-                               dtype_str(mask));
+          throw py::type_error(
+              "mask: expected dtype bool or uint8 (as dropout returns), received " +
+              dtype_str(mask));
         contiguous("mask", mask, false);
         same_shape("mask", mask, "dy", dy);
         py::array dx(dy.dtype(), shape_of(dy));
@@ -256,6 +257,16 @@ void bind_loss(py::module_& m) {
       },
       py::arg("dy"), py::arg("mask"), py::arg("p"),
       "Dropout backward: dy * mask / (1 - p) (use fusedtrain.ops.dropout_backward).");
+
+  m.def(
+      "philox4x32_10_",
+      [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+        const Philox4 r = philox4x32_10(c0, c1, c2, c3, k0, k1);
+        return py::make_tuple(r.v[0], r.v[1], r.v[2], r.v[3]);
+      },
+      py::arg("c0"), py::arg("c1"), py::arg("c2"), py::arg("c3"), py::arg("k0"), py::arg("k1"),
+      "The shared Philox4x32-10 (fusedtrain/philox.h) on one counter and key, for the\n"
+      "known-answer tests: returns its four output words.");
 }
 
 }  // namespace fusedtrain::bind

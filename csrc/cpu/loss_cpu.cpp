@@ -1,1 +1,542 @@
-// Loss and dropout loops on the CPU.
+// Loss and dropout loops on the CPU. The per-element and per-row math lives
+// in fusedtrain/loss_math.h and fusedtrain/philox.h (shared with CUDA); the
+// loops here are compiled three times (AVX-512, AVX2 + FMA, baseline) and the
+// best one is picked at load time, as in optim_cpu.cpp.
+//
+// Sums use 16 fixed lanes (element k of a row or block goes to lane k % 16)
+// combined by a fixed tree, so a result does not depend on the SIMD width the
+// compiler picks, and blocks that do not depend on the thread count, so it
+// does not depend on the thread split either. Per-row work runs in tiles of
+// rows (see ce_rows) so that short rows still give long vector loops.
+#include "cpu/loss_cpu.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/parallel.h"
+#include "fusedtrain/philox.h"
+
+namespace fusedtrain::cpu {
+
+// x86-64-v3 (AVX2 + FMA) rather than plain avx2 as in optim_cpu.cpp: the
+// exponentials use explicit fused multiply-adds (loss_math.h), which the
+// baseline clone can only get from libm.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define FT_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
+#else
+#define FT_CLONES
+#endif
+
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int64_t kCeRowBlock = 16;      // rows per partial sum (cross-entropy)
+constexpr int64_t kReduceBlock = 4096;   // elements per partial sum (BCE, MSE)
+constexpr int64_t kLabelBlock = 4096;    // labels per partial sum of D
+
+// Sum of the 16 lanes in a fixed order (a balanced tree).
+FT_HD double lane_sum(const double* a) {
+  double s8[8];
+  for (int j = 0; j < 8; ++j) s8[j] = a[j] + a[j + 8];
+  for (int j = 0; j < 4; ++j) s8[j] = s8[j] + s8[j + 4];
+  return (s8[0] + s8[2]) + (s8[1] + s8[3]);
+}
+
+// fn(b0, b1) over consecutive ranges of blocks, each block exactly once.
+// Threads take chunks of about 1/8 of their share from a shared counter
+// (dynamic schedule), so a thread that the OS runs late (another process on
+// its core) does less of the work instead of holding everyone up. Which
+// thread runs a block changes; what a block computes does not.
+template <class Fn>
+void parallel_blocks(int64_t nblocks, int nt, Fn&& fn) {
+  nt = int(std::min<int64_t>(nt, nblocks));
+  if (nt <= 1) {
+    if (nblocks > 0) fn(int64_t(0), nblocks);
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(1, nblocks / (8 * int64_t(nt)));
+  const int64_t nchunks = (nblocks + chunk - 1) / chunk;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t ch = 0; ch < nchunks; ++ch) fn(ch * chunk, std::min(nblocks, (ch + 1) * chunk));
+}
+
+template <typename T>
+T* at(void* p) {
+  return static_cast<T*>(p);
+}
+template <typename T>
+const T* at(const void* p) {
+  return static_cast<const T*>(p);
+}
+
+// ---------------------------------------------------------------------------
+// cross-entropy: label check and D
+// ---------------------------------------------------------------------------
+template <typename L, typename T, ClassWeights CW>
+int64_t ce_prepare_typed(const L* labels, int64_t n, int64_t c, int64_t ignore_index,
+                         const T* weight, int64_t* index, double* denom) {
+  const int64_t nblocks = (n + kLabelBlock - 1) / kLabelBlock;
+  std::vector<double> part(size_t(nblocks), 0.0);
+  std::vector<int64_t> bad(size_t(nblocks), -1);
+  parallel_blocks(nblocks, threads_for(n), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      double d = 0.0;
+      const int64_t hi = std::min(n, (b + 1) * kLabelBlock);
+      for (int64_t i = b * kLabelBlock; i < hi; ++i) {
+        const L l = labels[i];
+        // unsigned 64-bit labels above INT64_MAX are out of range
+        const bool fits = std::is_signed_v<L> || sizeof(L) < 8 ||
+                          uint64_t(l) <= uint64_t(std::numeric_limits<int64_t>::max());
+        const int64_t y = int64_t(l);
+        if (fits && y == ignore_index) {
+          index[i] = -1;
+        } else if (fits && y >= 0 && y < c) {
+          index[i] = y;
+          if constexpr (CW == ClassWeights::On) {
+            d += double(weight[y]);
+          } else {
+            d += 1.0;
+          }
+        } else {
+          bad[size_t(b)] = i;
+          break;
+        }
+      }
+      part[size_t(b)] = d;
+    }
+  });
+  double d = 0.0;
+  for (int64_t b = 0; b < nblocks; ++b) {
+    if (bad[size_t(b)] >= 0) return bad[size_t(b)];
+    d += part[size_t(b)];
+  }
+  *denom = d;
+  return -1;
+}
+
+template <typename T, ClassWeights CW>
+int64_t ce_prepare_labels(const LabelView& lv, int64_t n, int64_t c, int64_t ig, const T* w,
+                          int64_t* index, double* denom) {
+  const void* p = lv.data;
+  switch (lv.itemsize * (lv.is_signed ? 1 : -1)) {
+    case 1: return ce_prepare_typed<int8_t, T, CW>(at<int8_t>(p), n, c, ig, w, index, denom);
+    case 2: return ce_prepare_typed<int16_t, T, CW>(at<int16_t>(p), n, c, ig, w, index, denom);
+    case 4: return ce_prepare_typed<int32_t, T, CW>(at<int32_t>(p), n, c, ig, w, index, denom);
+    case 8: return ce_prepare_typed<int64_t, T, CW>(at<int64_t>(p), n, c, ig, w, index, denom);
+    case -1: return ce_prepare_typed<uint8_t, T, CW>(at<uint8_t>(p), n, c, ig, w, index, denom);
+    case -2: return ce_prepare_typed<uint16_t, T, CW>(at<uint16_t>(p), n, c, ig, w, index, denom);
+    case -4: return ce_prepare_typed<uint32_t, T, CW>(at<uint32_t>(p), n, c, ig, w, index, denom);
+    default: return ce_prepare_typed<uint64_t, T, CW>(at<uint64_t>(p), n, c, ig, w, index, denom);
+  }
+}
+
+// Row helpers, inlined into each SIMD clone of the loops below. Each is one
+// plain loop that GCC vectorises; sums go to 16 fixed double lanes.
+#define FT_INLINE inline __attribute__((always_inline))
+
+// Row max. The order of a max does not change it (a NaN need not win here:
+// it reaches the sum of exponentials), so the compiler may reorder it.
+template <typename T>
+FT_INLINE T row_max(const T* x, int64_t c) {
+  T m = -std::numeric_limits<T>::infinity();
+  if (c < 64) {  // short rows: the SIMD reduction's set-up costs more than it saves;
+    T m1 = m, m2 = m, m3 = m;  // four chains instead of one long one
+    int64_t k = 0;
+    for (; k + 4 <= c; k += 4) {
+      m = x[k] > m ? x[k] : m;
+      m1 = x[k + 1] > m1 ? x[k + 1] : m1;
+      m2 = x[k + 2] > m2 ? x[k + 2] : m2;
+      m3 = x[k + 3] > m3 ? x[k + 3] : m3;
+    }
+    for (; k < c; ++k) m = x[k] > m ? x[k] : m;
+    m = m1 > m ? m1 : m;
+    m2 = m3 > m2 ? m3 : m2;
+    return m2 > m ? m2 : m;
+  }
+#pragma omp simd reduction(max : m)
+  for (int64_t k = 0; k < c; ++k) m = x[k] > m ? x[k] : m;
+  return m;
+}
+
+// Sums keep 16 lanes in a local array that only the main loop indexes (a
+// tail that indexed it too would stop GCC from keeping them in registers);
+// the elements after the last whole group of 16 go to separate chains.
+
+// sum_k double(v[k]): element k to lane k % 16 for the whole groups of 16,
+// the rest to four chains in turn; lane tree + chains
+template <typename T>
+FT_INLINE double lanes_sum(const T* v, int64_t c) {
+  double acc[kLanes];
+  for (int j = 0; j < kLanes; ++j) acc[j] = 0.0;
+  int64_t k = 0;
+  for (; k + kLanes <= c; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += double(v[k + j]);
+  // the rest (all of a short row): four chains, (t0 + t1) + (t2 + t3)
+  double t[4] = {0.0, 0.0, 0.0, 0.0};
+  for (int j = 0; k < c; ++k, j = (j + 1) & 3) t[j] += double(v[k]);
+  return lane_sum(acc) + ((t[0] + t[1]) + (t[2] + t[3]));
+}
+
+template <ClassWeights CW, typename T>
+FT_INLINE double shifted_term(const T* x, const T* w, T m, int64_t k) {
+  const T xs = x[k] - m;
+  return double(CW == ClassWeights::On ? w[k] * xs : xs);
+}
+
+// sum_k double(w[k] * (x[k] - m)) (or of x[k] - m without weights): 16 lanes,
+// the rest in order into one chain
+template <ClassWeights CW, typename T>
+FT_INLINE double lanes_sum_shifted(const T* x, const T* w, T m, int64_t c) {
+  double acc[kLanes];
+  for (int j = 0; j < kLanes; ++j) acc[j] = 0.0;
+  int64_t k = 0;
+  for (; k + kLanes <= c; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) acc[j] += shifted_term<CW>(x, w, m, k + j);
+  double tail = 0.0;
+  for (; k < c; ++k) tail += shifted_term<CW>(x, w, m, k);
+  return lane_sum(acc) + tail;
+}
+
+// ---------------------------------------------------------------------------
+// cross-entropy: the fused rows
+// x, g are (n, c) (g may be x: InPlace, then x is not used), w is (c,),
+// index is (n,), loss_rows is (n,) (Reduction::None) or partials is
+// (n / kCeRowBlock,) (otherwise); rows [r0, r1) are whole blocks.
+//
+// Rows go in tiles of about kTileElems elements (one row when c is large,
+// many when c is small, so that the exponentials always run as one long
+// vector loop), in sweeps that keep the tile in L1:
+//   A (per row)   m = max x; (smoothing) sum w (x - m); g = x - m
+//   B (flat)      g = exp(g)    (one row per tile: g = exp(x - m), no A store)
+//   C (per row)   S = sum g
+//   D (over rows) log S, the row's loss and gradient coefficients (CeRow)
+//   E (per row)   g = g * coef_e - coef_w * w; g_y -= coef_y
+// so memory sees one read of x and one write of g. Ignored rows get S = 1,
+// w_y = 0 (so a zero loss) and a zero gradient.
+// ---------------------------------------------------------------------------
+constexpr int64_t kTileElems = 1024;
+
+template <Smoothing SM, ClassWeights CW, bool InPlace, bool PerRow, typename T>
+FT_CLONES void ce_rows(const T* __restrict x_in, T* __restrict g_out, const T* __restrict w,
+                       const int64_t* __restrict index, T* __restrict loss_rows,
+                       double* __restrict partials, int64_t r0, int64_t r1, int64_t c,
+                       const CeScalars s) {
+  const int64_t tile = std::max<int64_t>(1, kTileElems / c);
+  // per-row values of one tile
+  T row_m[kTileElems], xs_label[kTileElems], coef_e[kTileElems], coef_y[kTileElems];
+  double sum_exp[kTileElems], wxs[kTileElems], w_label[kTileElems], loss[kTileElems];
+  const bool flat = tile > 1;  // several rows per tile: B runs over the tile at once
+  const T coef_w = T(s.eps_over_c * s.scale);
+  double block_sum = 0.0;
+  for (int64_t t0 = r0; t0 < r1; t0 += tile) {
+    const int64_t nr = std::min(r1 - t0, tile);
+    // in place, reading x through g's pointer tells the compiler that x[k]
+    // and g[k] are one element (read before it is written)
+    const T* xt = (InPlace ? g_out : x_in) + t0 * c;
+    T* gt = g_out + t0 * c;
+    const int64_t* yt = index + t0;
+    // The next tile's logits are fetched while this one computes: rows are a
+    // few KB, and the hardware prefetcher, which stops at page boundaries,
+    // would leave the first lines of each new row to a full memory latency.
+    // (Prefetching the gradient lines for writing measured slower.)
+    if (t0 + tile < r1) {
+      const char* nx = reinterpret_cast<const char*>(xt + nr * c);
+      const int64_t bytes = std::min(r1 - t0 - nr, tile) * c * int64_t(sizeof(T));
+      for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(nx + off, 0);
+    }
+    // A
+    for (int64_t i = 0; i < nr; ++i) {
+      const T* x = xt + i * c;
+      T* g = gt + i * c;
+      const int64_t y = yt[i];
+      if (y < 0) {  // ignore_index: zeroed in E (and fed zeros to a flat B)
+        xs_label[i] = T(0);
+        wxs[i] = 0.0;
+        w_label[i] = 0.0;
+        if (flat) {
+          for (int64_t k = 0; k < c; ++k) g[k] = T(0);
+        }
+        continue;
+      }
+      const T m = row_max(x, c);
+      wxs[i] = SM == Smoothing::On ? lanes_sum_shifted<CW>(x, w, m, c) : 0.0;
+      xs_label[i] = x[y] - m;
+      w_label[i] = CW == ClassWeights::On ? double(w[y]) : 1.0;
+      row_m[i] = m;
+      if (flat) {
+        for (int64_t k = 0; k < c; ++k) g[k] = x[k] - m;
+      }
+    }
+    // B
+    if (flat) {
+      const int64_t len = nr * c;
+      for (int64_t k = 0; k < len; ++k) gt[k] = ft_exp_poly(gt[k]);
+    } else {  // long rows: the shift goes into the same loop
+      for (int64_t i = 0; i < nr; ++i) {
+        if (yt[i] < 0) continue;
+        const T* x = xt + i * c;
+        T* g = gt + i * c;
+        const T m = row_m[i];
+        for (int64_t k = 0; k < c; ++k) g[k] = ft_exp_poly(x[k] - m);
+      }
+    }
+    // C
+    for (int64_t i = 0; i < nr; ++i) sum_exp[i] = yt[i] < 0 ? 1.0 : lanes_sum(gt + i * c, c);
+    // D
+    for (int64_t i = 0; i < nr; ++i) {
+      const CeRow<T> r =
+          ce_row<T>(sum_exp[i], ft_log_poly(sum_exp[i]), xs_label[i], wxs[i], w_label[i], s);
+      loss[i] = r.loss;
+      coef_e[i] = r.coef_e;
+      coef_y[i] = r.coef_y;
+    }
+    // E
+    for (int64_t i = 0; i < nr; ++i) {
+      T* g = gt + i * c;
+      const int64_t y = yt[i];
+      if (y < 0) {
+        for (int64_t k = 0; k < c; ++k) g[k] = T(0);
+      } else {
+        const T ce = coef_e[i];
+        for (int64_t k = 0; k < c; ++k)
+          g[k] = ce_grad<SM>(g[k], CW == ClassWeights::On ? w[k] : T(1), ce, coef_w);
+        g[y] = g[y] - coef_y[i];
+      }
+      const int64_t row = t0 + i;
+      if constexpr (PerRow) {
+        loss_rows[row] = T(loss[i]);
+      } else {
+        block_sum += loss[i];
+        if ((row + 1) % kCeRowBlock == 0 || row + 1 == r1) {
+          partials[row / kCeRowBlock] = block_sum;
+          block_sum = 0.0;
+        }
+      }
+    }
+  }
+}
+
+template <typename T, Smoothing SM, ClassWeights CW, bool InPlace, bool PerRow>
+double ce_run(const CeArgs& a, const int64_t* index, double denom) {
+  const CeScalars s = [&] {
+    double wt = double(a.c);
+    if (CW == ClassWeights::On) {
+      wt = 0.0;
+      for (int64_t k = 0; k < a.c; ++k) wt += double(at<T>(a.weight)[k]);
+    }
+    return make_ce_scalars(a.label_smoothing, a.c, wt, a.reduction, denom);
+  }();
+  const int64_t nblocks = (a.n + kCeRowBlock - 1) / kCeRowBlock;
+  std::vector<double> partials(PerRow ? 0 : size_t(nblocks), 0.0);
+  parallel_blocks(nblocks, threads_for(a.n * a.c), [&](int64_t b0, int64_t b1) {
+    ce_rows<SM, CW, InPlace, PerRow, T>(at<T>(a.logits), at<T>(a.out), at<T>(a.weight), index,
+                                        at<T>(a.loss_rows), partials.data(), b0 * kCeRowBlock,
+                                        std::min(a.n, b1 * kCeRowBlock), a.c, s);
+  });
+  if (PerRow) return 0.0;
+  double total = 0.0;
+  for (double p : partials) total += p;
+  return a.reduction == Reduction::Mean ? total / denom : total;
+}
+
+template <typename T, Smoothing SM, ClassWeights CW>
+double ce_pick(const CeArgs& a, const int64_t* index, double denom) {
+  const bool in_place = a.out == a.logits;
+  const bool per_row = a.reduction == Reduction::None;
+  if (in_place) {
+    return per_row ? ce_run<T, SM, CW, true, true>(a, index, denom)
+                   : ce_run<T, SM, CW, true, false>(a, index, denom);
+  }
+  return per_row ? ce_run<T, SM, CW, false, true>(a, index, denom)
+                 : ce_run<T, SM, CW, false, false>(a, index, denom);
+}
+
+template <typename T>
+double ce_typed(const CeArgs& a, const int64_t* index, double denom) {
+  const bool sm = a.label_smoothing != 0.0, cw = a.weight != nullptr;
+  using S = Smoothing;
+  using W = ClassWeights;
+  if (sm) {
+    return cw ? ce_pick<T, S::On, W::On>(a, index, denom)
+              : ce_pick<T, S::On, W::Off>(a, index, denom);
+  }
+  return cw ? ce_pick<T, S::Off, W::On>(a, index, denom)
+            : ce_pick<T, S::Off, W::Off>(a, index, denom);
+}
+
+// ---------------------------------------------------------------------------
+// element-wise losses: one block of at most kReduceBlock elements
+// (PerElem: loss written per element; otherwise the block's sum returned)
+// ---------------------------------------------------------------------------
+enum class Elementwise { Bce, Mse };
+
+template <Elementwise K, typename T>
+FT_HD void elementwise_loss(T a, T b, T scale, T& loss, T& grad) {
+  if constexpr (K == Elementwise::Bce) {
+    bce_with_logits_elem(a, b, scale, loss, grad);
+  } else {
+    mse_elem(a, b, scale, loss, grad);
+  }
+}
+
+template <Elementwise K, bool PerElem, typename T>
+FT_CLONES double elementwise_block(const T* __restrict a, const T* __restrict b,
+                                   T* __restrict grad, T* __restrict loss, int64_t n,
+                                   const T scale) {
+  if constexpr (PerElem) {
+    for (int64_t i = 0; i < n; ++i) elementwise_loss<K>(a[i], b[i], scale, loss[i], grad[i]);
+    return 0.0;
+  } else {
+    T tmp[kReduceBlock];  // the block's losses, summed below (n <= kReduceBlock)
+    for (int64_t i = 0; i < n; ++i) elementwise_loss<K>(a[i], b[i], scale, tmp[i], grad[i]);
+    return lanes_sum(tmp, n);
+  }
+}
+
+template <Elementwise K, typename T>
+double elementwise_typed(const void* a_, const void* b_, void* grad_, void* loss_, int64_t n,
+                         Reduction r) {
+  const T* a = at<T>(a_);
+  const T* b = at<T>(b_);
+  T* grad = at<T>(grad_);
+  T* loss = at<T>(loss_);
+  // gradient scale: BCE 1 / n or 1, MSE 2 / n or 2 (computed in double, rounded once)
+  const double base = K == Elementwise::Bce ? 1.0 : 2.0;
+  const T scale = T(r == Reduction::Mean ? base / double(n) : base);
+  const int64_t nblocks = (n + kReduceBlock - 1) / kReduceBlock;
+  const int nt = threads_for(n);
+  if (r == Reduction::None) {
+    parallel_blocks(nblocks, nt, [&](int64_t b0, int64_t b1) {
+      const int64_t lo = b0 * kReduceBlock, hi = std::min(n, b1 * kReduceBlock);
+      elementwise_block<K, true, T>(a + lo, b + lo, grad + lo, loss + lo, hi - lo, scale);
+    });
+    return 0.0;
+  }
+  std::vector<double> partials(size_t(nblocks), 0.0);
+  parallel_blocks(nblocks, nt, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t lo = blk * kReduceBlock, hi = std::min(n, lo + kReduceBlock);
+      partials[size_t(blk)] =
+          elementwise_block<K, false, T>(a + lo, b + lo, grad + lo, nullptr, hi - lo, scale);
+    }
+  });
+  double total = 0.0;
+  for (double p : partials) total += p;
+  return r == Reduction::Mean ? total / double(n) : total;  // n = 0: NaN, as torch
+}
+
+// ---------------------------------------------------------------------------
+// dropout: elements [i0, i1) of x (n,), i0 a multiple of 4. Chunks of
+// kDropChunk elements: first their Philox words (one loop over blocks, which
+// GCC vectorises across blocks), then the mask and y (one loop over elements).
+// ---------------------------------------------------------------------------
+constexpr int64_t kDropChunk = 1024;
+
+template <typename T>
+FT_CLONES void dropout_range(const T* __restrict x, T* __restrict y, uint8_t* __restrict mask,
+                             int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,
+                             uint32_t threshold, const T scale) {
+  uint32_t words[kDropChunk];
+  for (int64_t lo = i0; lo < i1; lo += kDropChunk) {
+    const int64_t len = std::min(kDropChunk, i1 - lo);
+    const int64_t j0 = lo / 4, nb = (len + 3) / 4;
+    for (int64_t jj = 0; jj < nb; ++jj) {
+      const Philox4 r = dropout_block(uint64_t(j0 + jj), seed, offset);
+      for (int k = 0; k < 4; ++k) words[4 * jj + k] = r.v[k];
+    }
+    for (int64_t i = 0; i < len; ++i) {
+      const bool keep = words[i] >= threshold;
+      mask[lo + i] = uint8_t(keep);
+      y[lo + i] = dropout_apply(x[lo + i], keep, scale);
+    }
+  }
+}
+
+template <typename T>
+FT_CLONES void dropout_backward_range(const T* __restrict dy, const uint8_t* __restrict mask,
+                                      T* __restrict dx, int64_t n, const T scale) {
+  for (int64_t i = 0; i < n; ++i) dx[i] = dropout_apply(dy[i], mask[i] != 0, scale);
+}
+
+// Element ranges [lo, hi) of whole blocks of kDropBlock elements (so lo is a
+// multiple of 4, as dropout_range needs).
+constexpr int64_t kDropBlock = 8192;
+
+template <class Fn>
+void parallel_range(int64_t n, Fn&& fn) {
+  const int64_t nblocks = (n + kDropBlock - 1) / kDropBlock;
+  parallel_blocks(nblocks, threads_for(n), [&](int64_t b0, int64_t b1) {
+    fn(b0 * kDropBlock, std::min(n, b1 * kDropBlock));
+  });
+}
+
+template <typename T>
+void dropout_typed(const void* x, void* y, uint8_t* mask, int64_t n, double p, uint64_t seed,
+                   uint64_t offset) {
+  const uint32_t thr = dropout_threshold(p);
+  const T scale = T(1.0 / (1.0 - p));
+  parallel_range(n, [&](int64_t lo, int64_t hi) {
+    dropout_range<T>(at<T>(x), at<T>(y), mask, lo, hi, seed, offset, thr, scale);
+  });
+}
+
+template <typename T>
+void dropout_backward_typed(const void* dy, const uint8_t* mask, void* dx, int64_t n, double p) {
+  const T scale = T(1.0 / (1.0 - p));
+  parallel_range(n, [&](int64_t lo, int64_t hi) {
+    dropout_backward_range<T>(at<T>(dy) + lo, mask + lo, at<T>(dx) + lo, hi - lo, scale);
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// entry points
+// ---------------------------------------------------------------------------
+int64_t ce_prepare(const LabelView& labels, int64_t n, int64_t c, int64_t ignore_index,
+                   const void* weight, DType dt, int64_t* index, double* denom) {
+  using W = ClassWeights;
+  if (dt == DType::F32) {
+    const float* w = at<float>(weight);
+    return w ? ce_prepare_labels<float, W::On>(labels, n, c, ignore_index, w, index, denom)
+             : ce_prepare_labels<float, W::Off>(labels, n, c, ignore_index, w, index, denom);
+  }
+  const double* w = at<double>(weight);
+  return w ? ce_prepare_labels<double, W::On>(labels, n, c, ignore_index, w, index, denom)
+           : ce_prepare_labels<double, W::Off>(labels, n, c, ignore_index, w, index, denom);
+}
+
+double ce_forward_backward(const CeArgs& a, const int64_t* index, double denom, DType dt) {
+  return dt == DType::F32 ? ce_typed<float>(a, index, denom) : ce_typed<double>(a, index, denom);
+}
+
+double bce_with_logits(const void* x, const void* t, void* grad, void* loss, int64_t n,
+                       Reduction r, DType dt) {
+  return dt == DType::F32 ? elementwise_typed<Elementwise::Bce, float>(x, t, grad, loss, n, r)
+                          : elementwise_typed<Elementwise::Bce, double>(x, t, grad, loss, n, r);
+}
+
+double mse(const void* pred, const void* target, void* grad, void* loss, int64_t n, Reduction r,
+           DType dt) {
+  return dt == DType::F32
+             ? elementwise_typed<Elementwise::Mse, float>(pred, target, grad, loss, n, r)
+             : elementwise_typed<Elementwise::Mse, double>(pred, target, grad, loss, n, r);
+}
+
+void dropout(const void* x, void* y, uint8_t* mask, int64_t n, double p, uint64_t seed,
+             uint64_t offset, DType dt) {
+  dt == DType::F32 ? dropout_typed<float>(x, y, mask, n, p, seed, offset)
+                   : dropout_typed<double>(x, y, mask, n, p, seed, offset);
+}
+
+void dropout_backward(const void* dy, const uint8_t* mask, void* dx, int64_t n, double p,
+                      DType dt) {
+  dt == DType::F32 ? dropout_backward_typed<float>(dy, mask, dx, n, p)
+                   : dropout_backward_typed<double>(dy, mask, dx, n, p);
+}
+
+}  // namespace fusedtrain::cpu

@@ -1,0 +1,161 @@
+"""Loss and dropout kernels: forward and backward fused in one call.
+
+Every function takes NumPy arrays (float32 or float64, C-contiguous; nothing
+is converted) and returns ``(loss, gradient)``: ``loss`` is a Python float
+for ``reduction="mean"`` or ``"sum"`` and an array for ``"none"``, and the
+gradient is that of the returned loss (for ``"none"``, of its sum).
+Semantics follow ``torch.nn.functional``. Element math runs in the input
+dtype; ``mean`` / ``sum`` are accumulated in double over fixed blocks summed
+in a fixed order, so results do not depend on the thread count. Options are
+checked here, arrays in the compiled module; a call that raises has written
+nothing.
+
+Re-exported by :mod:`fusedtrain.ops`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _core
+from . import _validate as V
+
+__all__ = ["softmax_cross_entropy", "bce_with_logits", "mse", "dropout", "dropout_backward"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+_U64 = 1 << 64
+
+
+def _reduction(value) -> str:
+    if not (isinstance(value, str) and value in _REDUCTIONS):
+        raise ValueError(f"reduction must be one of 'mean', 'sum', 'none'; received {value!r}")
+    return value
+
+
+def _integer(name: str, value, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; received {type(value).__name__} {value!r}")
+    v = int(value)
+    if not low <= v < high:
+        raise ValueError(f"{name} must be in [{low}, {high}); received {v}")
+    return v
+
+
+def _module(name: str, x):
+    """The compiled module that runs kernels on arrays like ``x``."""
+    if isinstance(x, np.ndarray):
+        return _core
+    raise TypeError(f"{name}: expected a numpy.ndarray, received "
+                    f"{type(x).__module__}.{type(x).__name__}")
+
+
+def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, label_smoothing=0.0,
+                          reduction="mean", out=None):
+    """Softmax cross-entropy with integer labels, forward and backward in one pass.
+
+    ``logits`` is (N, C); ``labels`` is (N,) of any integer dtype, each in
+    [0, C) or equal to ``ignore_index``. As ``torch.nn.functional.cross_entropy``::
+
+        logp = log_softmax(logits)                      (row-wise)
+        loss_i = (1 - eps) * w[y_i] * -logp[i, y_i] + (eps / C) * sum_c w[c] * -logp[i, c]
+        loss_i = 0 for rows with y_i == ignore_index
+        mean = sum_i loss_i / sum_{i not ignored} w[y_i];   sum = sum_i loss_i
+
+    (``w`` = ``weight``, all ones when None; ``eps`` = ``label_smoothing``).
+    With every row ignored, ``mean`` is NaN, as in torch. The gradient is
+    ``(softmax - smoothed one-hot) * w / D``, zero on ignored rows, computed in
+    the same pass over each row.
+
+    Args:
+      logits: (N, C) float32 or float64.
+      labels: (N,) integer array.
+      weight: optional (C,) class weights, logits' dtype.
+      ignore_index: label value whose rows are skipped (default -100).
+      label_smoothing: eps in [0, 1] (default 0).
+      reduction: "mean" (default), "sum" or "none".
+      out: optional (N, C) buffer of logits' dtype for the gradient; may be
+        ``logits`` itself (the gradient overwrites the logits in place); must
+        not otherwise overlap any input.
+
+    Returns:
+      ``(loss, dlogits)``: loss a float ("mean", "sum") or an (N,) array
+      ("none"); dlogits the gradient of the loss (of its sum for "none").
+
+    Raises ValueError naming ``labels``, the bad value and its row when a
+    label is out of range; nothing is written then.
+    """
+    red = _reduction(reduction)
+    eps = V.in_range("label_smoothing", label_smoothing, 0.0, 1.0, True)
+    ig = _integer("ignore_index", ignore_index, -(1 << 63), 1 << 63)
+    return _module("logits", logits).softmax_cross_entropy(logits, labels, weight, out, ig, eps,
+                                                           red)
+
+
+def bce_with_logits(logits, targets, reduction="mean"):
+    """Binary cross-entropy on logits, forward and backward.
+
+    Per element, in the stable form of ``torch.nn.functional.binary_cross_entropy_with_logits``::
+
+        loss = max(x, 0) - x * t + log1p(exp(-|x|))
+        dloss/dx = sigmoid(x) - t          (divided by x.size for "mean")
+
+    ``logits`` and ``targets`` have any shape, the same shape and dtype.
+    Finite for any finite logits (e.g. +-1e4); NaN propagates.
+
+    Returns ``(loss, dlogits)``: loss a float ("mean", "sum") or an array of
+    logits' shape ("none").
+    """
+    red = _reduction(reduction)
+    return _module("logits", logits).bce_with_logits(logits, targets, red)
+
+
+def mse(pred, target, reduction="mean"):
+    """Mean squared error, forward and backward (``torch.nn.functional.mse_loss``)::
+
+        loss = (pred - target) ** 2
+        dloss/dpred = 2 * (pred - target)     (divided by pred.size for "mean")
+
+    Returns ``(loss, dpred)``: loss a float ("mean", "sum") or an array of
+    pred's shape ("none").
+    """
+    red = _reduction(reduction)
+    return _module("pred", pred).mse(pred, target, red)
+
+
+def dropout(x, p, seed, offset=0):
+    """Inverted dropout with a counter-based mask: ``y = x * mask / (1 - p)``.
+
+    Element ``i`` is dropped with probability ``p``, decided by word ``i % 4``
+    of Philox4x32-10 (Salmon et al., SC'11) at counter ``(i // 4, offset)``
+    (two 64-bit halves) and key ``seed``: kept when the word is
+    ``>= round(p * 2**32)``. The mask therefore depends only on ``seed``,
+    ``offset`` and the element index -- the same for any thread count and on
+    the GPU. Use a new ``offset`` (or seed) for every call that needs a new
+    mask, e.g. ``offset = step``.
+
+    Args:
+      x: float32 or float64 array of any shape.
+      p: drop probability in [0, 1); p = 0 keeps every element.
+      seed: int in [0, 2**64), the Philox key.
+      offset: int in [0, 2**64), the high half of the Philox counter.
+
+    Returns:
+      ``(y, mask)``: ``y`` like ``x``; ``mask`` a bool array of x's shape,
+      True where the element is kept (pass it to :func:`dropout_backward`).
+    """
+    p = V.in_range("p", p, 0.0, 1.0, False)
+    seed = _integer("seed", seed, 0, _U64)
+    offset = _integer("offset", offset, 0, _U64)
+    return _module("x", x).dropout(x, p, seed, offset)
+
+
+def dropout_backward(dy, mask, p):
+    """Gradient of :func:`dropout`: ``dx = dy * mask / (1 - p)``.
+
+    ``mask`` is the bool array :func:`dropout` returned (uint8 0/1 is
+    accepted too), of dy's shape; ``p`` the same drop probability.
+    """
+    p = V.in_range("p", p, 0.0, 1.0, False)
+    return _module("dy", dy).dropout_backward(dy, mask, p)
