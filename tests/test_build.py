@@ -19,6 +19,7 @@ HAS_GPU_NODE = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"
 def test_build_info_keys_and_types():
     info = fusedtrain.build_info()
     expected = {"version": str, "simd": str, "num_threads": int, "openmp": int, "compiler": str,
+                "blas": str, "blas_threads": int,
                 "cuda_built": bool, "cuda_available": bool, "cuda_status": dict}
     assert set(info) == set(expected)
     for key, typ in expected.items():
@@ -28,6 +29,8 @@ def test_build_info_keys_and_types():
     assert info["num_threads"] == fusedtrain.get_num_threads() >= 1
     assert info["openmp"] >= 200805  # an OpenMP version date (yyyymm), 3.0 or later
     assert info["compiler"]
+    assert "OpenBLAS" in info["blas"]
+    assert info["blas_threads"] == 1  # serial GEMMs inside fusedtrain's own threads
     assert info["cuda_available"] == fusedtrain.cuda_available()
 
 

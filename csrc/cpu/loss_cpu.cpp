@@ -18,18 +18,10 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/simd.h"
 #include "fusedtrain/philox.h"
 
 namespace fusedtrain::cpu {
-
-// x86-64-v3 (AVX2 + FMA) rather than plain avx2 as in optim_cpu.cpp: the
-// exponentials use explicit fused multiply-adds (loss_math.h), which the
-// baseline clone can only get from libm.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define FT_CLONES __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
-#else
-#define FT_CLONES
-#endif
 
 namespace {
 
@@ -221,7 +213,7 @@ FT_INLINE double lanes_sum_shifted(const T* x, const T* w, T m, int64_t c) {
 constexpr int64_t kTileElems = 1024;
 
 template <Smoothing SM, ClassWeights CW, bool InPlace, bool PerRow, typename T>
-FT_CLONES void ce_rows(const T* __restrict x_in, T* __restrict g_out, const T* __restrict w,
+FT_CLONES_FMA void ce_rows(const T* __restrict x_in, T* __restrict g_out, const T* __restrict w,
                        const int64_t* __restrict index, T* __restrict loss_rows,
                        double* __restrict partials, int64_t r0, int64_t r1, int64_t c,
                        const CeScalars s) {
@@ -384,7 +376,7 @@ FT_HD void elementwise_loss(T a, T b, T scale, T& loss, T& grad) {
 }
 
 template <Elementwise K, bool PerElem, typename T>
-FT_CLONES double elementwise_block(const T* __restrict a, const T* __restrict b,
+FT_CLONES_FMA double elementwise_block(const T* __restrict a, const T* __restrict b,
                                    T* __restrict grad, T* __restrict loss, int64_t n,
                                    const T scale) {
   if constexpr (PerElem) {
@@ -437,7 +429,7 @@ double elementwise_typed(const void* a_, const void* b_, void* grad_, void* loss
 constexpr int64_t kDropChunk = 1024;
 
 template <typename T>
-FT_CLONES void dropout_range(const T* __restrict x, T* __restrict y, uint8_t* __restrict mask,
+FT_CLONES_FMA void dropout_range(const T* __restrict x, T* __restrict y, uint8_t* __restrict mask,
                              int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,
                              uint32_t threshold, const T scale) {
   uint32_t words[kDropChunk];
@@ -457,7 +449,7 @@ FT_CLONES void dropout_range(const T* __restrict x, T* __restrict y, uint8_t* __
 }
 
 template <typename T>
-FT_CLONES void dropout_backward_range(const T* __restrict dy, const uint8_t* __restrict mask,
+FT_CLONES_FMA void dropout_backward_range(const T* __restrict dy, const uint8_t* __restrict mask,
                                       T* __restrict dx, int64_t n, const T scale) {
   for (int64_t i = 0; i < n; ++i) dx[i] = dropout_apply(dy[i], mask[i] != 0, scale);
 }

@@ -3,8 +3,13 @@
 // picked when the module loads (GCC function multiversioning).
 #pragma once
 
+// FT_CLONES_FMA asks for AVX2 + FMA (x86-64-v3) in the middle version: for
+// loops whose math uses explicit fused multiply-adds (the polynomial exp/log
+// of loss_math.h), which the baseline version can only get from libm.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define FT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define FT_CLONES_FMA __attribute__((target_clones("avx512f", "arch=x86-64-v3", "default")))
 #else
 #define FT_CLONES
+#define FT_CLONES_FMA
 #endif
