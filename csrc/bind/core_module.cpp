@@ -12,6 +12,7 @@ namespace py = pybind11;
 
 namespace fusedtrain::bind {
 void bind_optim(py::module_& m);
+void bind_chunks(py::module_& m);
 void bind_dense(py::module_& m);
 void bind_loss(py::module_& m);
 }
@@ -46,6 +47,7 @@ PYBIND11_MODULE(_core, m) {
   });
 
   fusedtrain::bind::bind_optim(m);
+  fusedtrain::bind::bind_chunks(m);
   fusedtrain::bind::bind_dense(m);
   fusedtrain::bind::bind_loss(m);
 }

@@ -9,12 +9,6 @@ namespace fusedtrain::bind {
 
 namespace {
 
-struct Interval {
-  uintptr_t begin, end;
-  int slot;
-  int64_t index;
-};
-
 struct Scratch {
   std::vector<void*> ptr;
   std::vector<int64_t> offsets;
@@ -26,9 +20,6 @@ Scratch& scratch() {
   return s;
 }
 
-std::string item_name(const SlotArg& s, int64_t i) {
-  return std::string(s.name) + "[" + std::to_string(i) + "]";
-}
 
 bool same_shape(const py::array& a, const py::array& b) {
   if (a.ndim() != b.ndim()) return false;
@@ -122,22 +113,7 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
     }
   }
 
-  // No two buffers may share memory: a parameter aliasing its gradient or a
-  // state would be read after it was written within the same element update.
-  std::sort(sc.intervals.begin(), sc.intervals.end(),
-            [](const Interval& a, const Interval& b) { return a.begin < b.begin; });
-  for (size_t j = 1; j < sc.intervals.size(); ++j) {
-    const Interval& prev = sc.intervals[j - 1];
-    const Interval& cur = sc.intervals[j];
-    // sorted by begin: checking each neighbour suffices once the running
-    // furthest end is carried along
-    if (cur.begin < prev.end) {
-      throw py::value_error(item_name(slots[prev.slot], prev.index) + " and " +
-                            item_name(slots[cur.slot], cur.index) +
-                            ": expected separate arrays, received arrays that share memory");
-    }
-    if (prev.end > cur.end) sc.intervals[j] = {cur.begin, prev.end, prev.slot, prev.index};
-  }
+  require_disjoint(sc.intervals, slots);
 
   CheckedList out;
   out.tl.n = n;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bind/list_args.h"
 #include "cpu/optim_cpu.h"
 
 // hidden like pybind11's own types, which these structs hold
@@ -15,14 +16,6 @@ namespace fusedtrain {
 namespace bind __attribute__((visibility("hidden"))) {
 
 namespace py = pybind11;
-
-// One buffer list of a call: its argument name, the Python list (or None when
-// the buffer is not used by this variant), and whether the kernel writes it.
-struct SlotArg {
-  const char* name;
-  py::handle list;
-  bool writable;
-};
 
 // A validated TensorList plus its dtype. The pointer and offset tables live
 // in thread-local storage reused across calls (no allocation in steady state),

@@ -1,5 +1,6 @@
 #include <cuda_runtime.h>
 
+#include "cuda/check.cuh"
 #include "cuda/runtime.h"
 
 namespace fusedtrain::cuda {
@@ -15,5 +16,22 @@ DeviceQuery query_devices() {
 }
 
 int runtime_version() { return CUDART_VERSION; }
+
+PointerQuery query_pointer(const void* p) {
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, p);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // not a sticky error: clear it
+    return {int(err), cudaGetErrorString(err), false, -1};
+  }
+  const bool on_device = attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+  return {0, std::string(), on_device, on_device ? attr.device : -1};
+}
+
+int current_device() {
+  int device = -1;
+  FT_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
 
 }  // namespace fusedtrain::cuda

@@ -9,7 +9,7 @@ from ._version import __version__
 
 try:  # the CUDA module is optional at build time and at run time
     from . import _cuda
-except ImportError as exc:  # built without CUDA, or its import failed
+except Exception as exc:  # built without CUDA, or its import failed (never fails the package import)
     _cuda = None
     _cuda_import_error = str(exc)
 else:
@@ -61,9 +61,92 @@ def build_info() -> dict:
 
 
 def module_for(first) -> object:
-    """The compiled module that runs kernels on arrays like `first`."""
+    """What runs kernels on arrays like ``first`` (the first parameter).
+
+    A ``numpy.ndarray`` gets ``_core`` itself (one isinstance check: the CPU
+    path pays nothing for the GPU's existence). An object exposing
+    ``__cuda_array_interface__`` (a CuPy array, a torch CUDA tensor) gets an
+    adapter with the same methods as ``_core`` (``adam_``, ``sgd_``,
+    ``rmsprop_``, ``adagrad_``) that calls ``_cuda`` with the caller's
+    current stream appended. ``_cuda`` checks every array of the call, with
+    the CPU path's messages, before it launches anything, so a NumPy array
+    mixed into a GPU call raises TypeError naming it ("grads[2]: expected a
+    GPU array like params[0], received numpy.ndarray"); a NumPy call with a
+    GPU array in it is rejected the same way by ``_core``. Without the CUDA
+    module or without a device, the GPU call raises RuntimeError (after the
+    argument checks).
+    """
     if isinstance(first, np.ndarray):
         return _core
+    if hasattr(first, "__cuda_array_interface__"):
+        if _cuda is None:
+            raise RuntimeError(
+                "params[0] is a GPU array, but fusedtrain was built without CUDA "
+                f"({_cuda_import_error or 'no CUDA compiler at build time'}); rebuild with nvcc "
+                "on PATH (-Ccmake.define.FUSEDTRAIN_CUDA=ON) or pass NumPy arrays")
+        return _CudaOps(first)
     raise TypeError(
-        "params[0]: expected a numpy.ndarray, received " f"{type(first).__module__}.{type(first).__name__}"
+        "params[0]: expected a numpy.ndarray or a GPU array (an object with "
+        f"__cuda_array_interface__), received {type(first).__module__}.{type(first).__name__}"
     )
+
+
+_cupy = None  # the cupy module once imported; False when it cannot be
+
+
+def _current_stream(first) -> int:
+    """The stream the caller works on, as an integer handle: torch's current
+    stream for a torch tensor, else CuPy's current stream when CuPy imports,
+    else 0 (the legacy default stream)."""
+    global _cupy
+    if type(first).__module__.startswith("torch"):
+        import torch
+
+        return int(torch.cuda.current_stream(first.device).cuda_stream)
+    if _cupy is None:
+        try:
+            import cupy
+        except Exception:  # not installed, or no usable CUDA runtime for it
+            cupy = False
+        _cupy = cupy
+    if _cupy is False:
+        return 0
+    return int(_cupy.cuda.get_current_stream().ptr)
+
+
+class _CudaOps:
+    """``_cuda``'s optimizer steps under ``_core``'s signatures: every
+    positional argument as ``_core`` takes it (ending with ``dry_run``), the
+    stream appended here. A dry run needs no stream and no device."""
+
+    __slots__ = ("_first",)
+
+    def __init__(self, first):
+        self._first = first
+
+    def _stream(self, dry_run) -> int:
+        if dry_run or not _has_device():
+            return 0  # nothing will be launched (_cuda raises without a device)
+        return _current_stream(self._first)
+
+    def adam_(self, *args):
+        return _cuda.adam_(*args, self._stream(args[-1]))
+
+    def sgd_(self, *args):
+        return _cuda.sgd_(*args, self._stream(args[-1]))
+
+    def rmsprop_(self, *args):
+        return _cuda.rmsprop_(*args, self._stream(args[-1]))
+
+    def adagrad_(self, *args):
+        return _cuda.adagrad_(*args, self._stream(args[-1]))
+
+
+_device_present = None
+
+
+def _has_device() -> bool:
+    global _device_present
+    if _device_present is None:
+        _device_present = cuda_available()
+    return _device_present
