@@ -18,7 +18,8 @@ HAS_GPU_NODE = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"
 
 def test_build_info_keys_and_types():
     info = fusedtrain.build_info()
-    expected = {"version": str, "simd": str, "num_threads": int, "openmp": int, "compiler": str,
+    expected = {"version": str, "simd": str, "num_threads": int, "flush_denormal": bool,
+                "openmp": int, "compiler": str,
                 "blas": str, "blas_threads": int,
                 "cuda_built": bool, "cuda_available": bool, "cuda_status": dict}
     assert set(info) == set(expected)

@@ -205,3 +205,34 @@ def test_spec_table_covers_every_optimizer():
     assert set(SPEC) == {"sgd", "adam", "adamw", "rmsprop", "adagrad"}
     for spec in SPECS:
         assert hasattr(fusedtrain.ops, spec.op.__name__)
+
+
+# ---------------------------------------------------------------------------
+# subnormal flushing (fusedtrain.set_flush_denormal)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal(flush):
+    tiny = np.float32(1e-39)  # subnormal in float32
+    assert 0 < tiny < np.finfo(np.float32).tiny
+    p = np.zeros(1000, np.float32)
+    g = np.zeros_like(p)
+    m = np.full_like(p, tiny)
+    v = np.zeros_like(p)
+    want = [a.copy() for a in (p, g, m, v)]
+    fusedtrain.reference.adam(*want, step=3, lr=1e-3)
+    before = fusedtrain.get_flush_denormal()
+    try:
+        fusedtrain.set_flush_denormal(flush)
+        assert fusedtrain.get_flush_denormal() is flush
+        fusedtrain.ops.adam_(p, g, m, v, step=3, lr=1e-3)
+    finally:
+        fusedtrain.set_flush_denormal(before)
+    if flush:
+        assert np.all(m == 0)  # read as zero, written as zero
+    else:
+        assert np.array_equal(m, want[2]) and np.all(m > 0)  # exact IEEE, as the reference
+
+
+def test_flush_denormal_bad_argument():
+    with pytest.raises(TypeError, match="on: expected a bool"):
+        fusedtrain.set_flush_denormal(1)

@@ -35,10 +35,14 @@ PYBIND11_MODULE(_core, m) {
       py::arg("n"), "Set the number of threads the kernels use.");
   m.def("get_num_threads", &fusedtrain::cpu::num_threads,
         "Number of threads the kernels use.");
+  m.def("set_flush_denormal", &fusedtrain::cpu::set_flush_denormal, py::arg("on"),
+        "Flush subnormal numbers to zero in the optimizer loops (default off).");
+  m.def("get_flush_denormal", &fusedtrain::cpu::flush_denormal);
   m.def("build_info", []() {
     py::dict d;
     d["simd"] = fusedtrain::cpu::simd_level();
     d["num_threads"] = fusedtrain::cpu::num_threads();
+    d["flush_denormal"] = fusedtrain::cpu::flush_denormal();
     d["openmp"] = int(_OPENMP);
     d["compiler"] = FT_CXX_COMPILER;
     d["blas"] = std::string(scipy_openblas_get_config());

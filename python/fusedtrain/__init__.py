@@ -11,14 +11,17 @@ import scipy_openblas32 as _scipy_openblas32  # noqa: F401
 
 from . import _core
 from ._version import __version__
-from .backend import build_info, cuda_available, get_num_threads, set_num_threads
+from .backend import (build_info, cuda_available, get_flush_denormal, get_num_threads,
+                      set_flush_denormal, set_num_threads)
 from . import data, metrics, nn, ops, optim, reference, schedules, train
 
 __all__ = [
     "__version__",
     "build_info",
     "cuda_available",
+    "get_flush_denormal",
     "get_num_threads",
+    "set_flush_denormal",
     "set_num_threads",
     "data",
     "metrics",

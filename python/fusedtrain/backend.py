@@ -36,6 +36,25 @@ def set_num_threads(n: int) -> None:
     _core.set_num_threads(int(n))
 
 
+def set_flush_denormal(on: bool) -> None:
+    """Flush subnormal numbers to zero in the CPU optimizer loops (default off).
+
+    Optimizer states of weights whose gradient stays 0 (dead ReLU units,
+    inputs that are always 0) decay into the subnormal range, where x86
+    arithmetic is 10-100x slower; flushed, they become 0 (up to 15% faster
+    epochs on MNIST-like data). Off (the default) gives exact IEEE results,
+    as torch.optim; on, a subnormal state can meet eps = 0 as a zero.
+    """
+    if not isinstance(on, (bool, np.bool_)):
+        raise TypeError(f"on: expected a bool, received {type(on).__name__}")
+    _core.set_flush_denormal(bool(on))
+
+
+def get_flush_denormal() -> bool:
+    """Whether the CPU optimizer loops flush subnormal numbers to zero."""
+    return _core.get_flush_denormal()
+
+
 def get_num_threads() -> int:
     """Number of threads the CPU kernels use."""
     return _core.get_num_threads()

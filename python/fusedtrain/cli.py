@@ -51,6 +51,8 @@ def _parser():
     t.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint")
     t.add_argument("--plot", metavar="PNG", help="write the loss/accuracy curves here")
     t.add_argument("--threads", type=int, help="kernel threads (default: all cores)")
+    t.add_argument("--flush-denormal", action="store_true",
+                   help="flush subnormal optimizer states to zero (faster, not bit-exact IEEE)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch output")
     sub.add_parser("info", help="print version and build information")
     return p
@@ -77,6 +79,8 @@ def _train(args):
 
     if args.threads is not None:
         fusedtrain.set_num_threads(args.threads)
+    if args.flush_denormal:
+        fusedtrain.set_flush_denormal(True)
     if args.data == "digits":
         (x_train, y_train), (x_test, y_test) = data.load_digits(seed=args.seed)
     else:
