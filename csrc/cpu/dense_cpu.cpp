@@ -19,13 +19,21 @@ namespace fusedtrain::cpu {
 
 namespace {
 
-// Rows (or columns) per tile: large enough that re-packing the shared GEMM
-// operand per tile costs ~2%, small enough to spread a batch of 128 rows.
-constexpr int64_t kTile = 32;
+// Rows (or columns) per tile: a function of the problem's shape only (never
+// of the thread count, so results do not depend on it): at most kMaxTiles
+// tiles, each a multiple of kTileQuantum rows. Few large tiles keep the cost
+// of re-packing the shared GEMM operand per tile small; four of them still
+// spread over the threads of a small machine.
+constexpr int64_t kTileQuantum = 32;
+constexpr int64_t kMaxTiles = 4;
 // Below this many multiply-adds a GEMM runs on one thread.
 constexpr int64_t kMinParallelFlops = 1 << 21;
 
-int64_t tiles(int64_t n) { return (n + kTile - 1) / kTile; }
+int64_t tile_size(int64_t n) {
+  const int64_t per = (n + kMaxTiles - 1) / kMaxTiles;
+  return std::max<int64_t>(kTileQuantum, (per + kTileQuantum - 1) / kTileQuantum * kTileQuantum);
+}
+int64_t tiles(int64_t n) { return (n + tile_size(n) - 1) / tile_size(n); }
 
 // Runs f(t) for t in [0, ntiles) on up to num_threads() threads.
 template <class F>
@@ -48,13 +56,13 @@ void tiled_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, i
   const int64_t flops = M * N * K;
   if (M >= N) {
     for_tiles(tiles(M), flops, [&](int64_t t) {
-      const int64_t m0 = t * kTile, m = std::min(kTile, M - m0);
+      const int64_t ts = tile_size(M), m0 = t * ts, m = std::min(ts, M - m0);
       const T* a = ta ? A + m0 : A + m0 * lda;  // rows of op(A)
       gemm(ta, tb, m, N, K, T(1), a, lda, B, ldb, beta, C + m0 * ldc, ldc);
     });
   } else {
     for_tiles(tiles(N), flops, [&](int64_t t) {
-      const int64_t n0 = t * kTile, n = std::min(kTile, N - n0);
+      const int64_t ts = tile_size(N), n0 = t * ts, n = std::min(ts, N - n0);
       const T* b = tb ? B + n0 * ldb : B + n0;  // columns of op(B)
       gemm(ta, tb, M, n, K, T(1), A, lda, b, ldb, beta, C + n0, ldc);
     });
@@ -118,7 +126,7 @@ void forward_impl(const T* x, const T* w, const T* b, T* y, T* z, int64_t B, int
                   int64_t out, T slope) {
   const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
   for_tiles(tiles(B), B * in * out, [&](int64_t t) {
-    const int64_t r0 = t * kTile, rows = std::min(kTile, B - r0);
+    const int64_t ts = tile_size(B), r0 = t * ts, rows = std::min(ts, B - r0);
     gemm(false, false, rows, out, in, T(1), x + r0 * in, ld_in, w, ld_out, T(0), y + r0 * out,
          ld_out);
     if (A != Act::Identity || b)
@@ -182,7 +190,7 @@ void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T
   partial.assign(size_t(std::max<int64_t>(nt, 1) * out), 0.0);
   const T* g = A == Act::Identity ? dy : dz;
   for_tiles(nt, B * out * 8, [&](int64_t t) {
-    const int64_t r0 = t * kTile, rows = std::min(kTile, B - r0);
+    const int64_t ts = tile_size(B), r0 = t * ts, rows = std::min(ts, B - r0);
     double* acc = partial.data() + t * out;
     if constexpr (A == Act::Identity) {
       column_sums(dy + r0 * out, acc, rows, out);
