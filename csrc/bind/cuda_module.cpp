@@ -89,12 +89,6 @@ int64_t itemsize_of(const std::string& typestr) {
   return typestr == "<f4" ? 4 : typestr == "<f8" ? 8 : 0;
 }
 
-py::ssize_t list_length(const SlotArg& s) {
-  if (!PyList_Check(s.list.ptr()) && !PyTuple_Check(s.list.ptr()))
-    throw py::type_error(std::string(s.name) + ": expected a list or tuple of arrays, received " +
-                         type_name(s.list));
-  return PySequence_Fast_GET_SIZE(s.list.ptr());
-}
 
 [[noreturn]] void malformed(const std::string& name, const py::handle cai) {
   throw py::type_error(name +
@@ -196,16 +190,7 @@ bool has_device() {
 // the argument, the expected and the received value.
 CheckedList check_lists(const std::vector<SlotArg>& slots) {
   const SlotArg& first = slots.front();
-  const py::ssize_t n = list_length(first);
-  if (n == 0)
-    throw py::value_error(std::string(first.name) +
-                          ": expected a non-empty list of arrays, received an empty list");
-  for (const SlotArg& s : slots) {
-    const py::ssize_t len = list_length(s);
-    if (len != n)
-      throw py::value_error(std::string(s.name) + ": expected " + std::to_string(n) +
-                            " arrays (one per parameter), received " + std::to_string(len));
-  }
+  const py::ssize_t n = common_length(slots);
 
   const std::string p0 = item_name(first, 0);
   const std::string like = "a GPU array like " + p0;
@@ -307,12 +292,8 @@ void bind_cuda_optim(py::module_& m) {
          py::handle max_exp_avg_sq, int64_t step, double lr, double beta1, double beta2,
          double eps, double weight_decay, double l1, bool amsgrad, bool decoupled,
          bool maximize, bool dry_run, uintptr_t stream) {
-        std::vector<SlotArg> slots = {{"params", params, true},
-                                      {"grads", grads, false},
-                                      {"exp_avg", exp_avg, true},
-                                      {"exp_avg_sq", exp_avg_sq, true}};
-        if (amsgrad) slots.push_back({"max_exp_avg_sq", max_exp_avg_sq, true});
-        const CheckedList c = check_lists(slots);
+        const CheckedList c =
+            check_lists(adam_slots(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad));
         const AdamHyper h{lr, beta1, beta2, eps, weight_decay, l1, amsgrad, decoupled, maximize};
         if (dry_run) return;  // checks only
         require_device();
@@ -331,9 +312,7 @@ void bind_cuda_optim(py::module_& m) {
       [](py::handle params, py::handle grads, py::handle momentum_buffer, int64_t step,
          double lr, double momentum, double dampening, double weight_decay, double l1,
          bool nesterov, bool maximize, bool dry_run, uintptr_t stream) {
-        std::vector<SlotArg> slots = {{"params", params, true}, {"grads", grads, false}};
-        if (momentum != 0.0) slots.push_back({"momentum_buffer", momentum_buffer, true});
-        const CheckedList c = check_lists(slots);
+        const CheckedList c = check_lists(sgd_slots(params, grads, momentum_buffer, momentum));
         const SgdHyper h{lr, momentum, dampening, weight_decay, l1, nesterov, maximize};
         if (dry_run) return;
         require_device();
@@ -352,12 +331,8 @@ void bind_cuda_optim(py::module_& m) {
          py::handle momentum_buffer, double lr, double alpha, double eps, double weight_decay,
          double momentum, double l1, bool centered, bool maximize, bool dry_run,
          uintptr_t stream) {
-        std::vector<SlotArg> slots = {{"params", params, true},
-                                      {"grads", grads, false},
-                                      {"square_avg", square_avg, true}};
-        if (centered) slots.push_back({"grad_avg", grad_avg, true});
-        if (momentum > 0.0) slots.push_back({"momentum_buffer", momentum_buffer, true});
-        const CheckedList c = check_lists(slots);
+        const CheckedList c = check_lists(
+            rmsprop_slots(params, grads, square_avg, grad_avg, momentum_buffer, centered, momentum));
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, l1, centered, maximize};
         if (dry_run) return;
         require_device();
@@ -375,8 +350,7 @@ void bind_cuda_optim(py::module_& m) {
       [](py::handle params, py::handle grads, py::handle state_sum, int64_t step, double lr,
          double lr_decay, double weight_decay, double eps, double l1, bool maximize,
          bool dry_run, uintptr_t stream) {
-        const CheckedList c = check_lists(
-            {{"params", params, true}, {"grads", grads, false}, {"state_sum", state_sum, true}});
+        const CheckedList c = check_lists(adagrad_slots(params, grads, state_sum));
         const AdagradHyper h{lr, lr_decay, weight_decay, eps, l1, maximize};
         if (dry_run) return;
         require_device();

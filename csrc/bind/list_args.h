@@ -28,6 +28,64 @@ inline std::string item_name(const SlotArg& s, int64_t i) {
   return std::string(s.name) + "[" + std::to_string(i) + "]";
 }
 
+// The number of arrays of the call: every slot must be a list or tuple of the
+// same non-zero length as the first (the params).
+inline py::ssize_t common_length(const std::vector<SlotArg>& slots) {
+  py::ssize_t n = -1;
+  for (const SlotArg& s : slots) {
+    PyObject* o = s.list.ptr();
+    if (!PyList_Check(o) && !PyTuple_Check(o))
+      throw py::type_error(std::string(s.name) + ": expected a list or tuple of arrays, received " +
+                           Py_TYPE(o)->tp_name);
+    const py::ssize_t len = PySequence_Fast_GET_SIZE(o);
+    if (n < 0 && len == 0)
+      throw py::value_error(std::string(s.name) +
+                            ": expected a non-empty list of arrays, received an empty list");
+    if (n >= 0 && len != n)
+      throw py::value_error(std::string(s.name) + ": expected " + std::to_string(n) +
+                            " arrays (one per parameter), received " + std::to_string(len));
+    if (n < 0) n = len;
+  }
+  return n;
+}
+
+// The buffer lists of each optimizer, in the kernels' slot order (optional
+// states only when their variant is on); shared by the CPU and CUDA bindings.
+inline std::vector<SlotArg> adam_slots(py::handle params, py::handle grads, py::handle exp_avg,
+                                       py::handle exp_avg_sq, py::handle max_exp_avg_sq,
+                                       bool amsgrad) {
+  std::vector<SlotArg> s = {{"params", params, true},
+                            {"grads", grads, false},
+                            {"exp_avg", exp_avg, true},
+                            {"exp_avg_sq", exp_avg_sq, true}};
+  if (amsgrad) s.push_back({"max_exp_avg_sq", max_exp_avg_sq, true});
+  return s;
+}
+
+inline std::vector<SlotArg> sgd_slots(py::handle params, py::handle grads,
+                                      py::handle momentum_buffer, double momentum) {
+  std::vector<SlotArg> s = {{"params", params, true}, {"grads", grads, false}};
+  if (momentum != 0.0) s.push_back({"momentum_buffer", momentum_buffer, true});
+  return s;
+}
+
+inline std::vector<SlotArg> rmsprop_slots(py::handle params, py::handle grads,
+                                          py::handle square_avg, py::handle grad_avg,
+                                          py::handle momentum_buffer, bool centered,
+                                          double momentum) {
+  std::vector<SlotArg> s = {{"params", params, true},
+                            {"grads", grads, false},
+                            {"square_avg", square_avg, true}};
+  if (centered) s.push_back({"grad_avg", grad_avg, true});
+  if (momentum > 0.0) s.push_back({"momentum_buffer", momentum_buffer, true});
+  return s;
+}
+
+inline std::vector<SlotArg> adagrad_slots(py::handle params, py::handle grads,
+                                          py::handle state_sum) {
+  return {{"params", params, true}, {"grads", grads, false}, {"state_sum", state_sum, true}};
+}
+
 // The bytes [begin, end) of buffer `index` of slot `slot`.
 struct Interval {
   uintptr_t begin, end;

@@ -20,12 +20,8 @@ void bind_optim(py::module_& m) {
          py::handle max_exp_avg_sq, int64_t step, double lr, double beta1, double beta2,
          double eps, double weight_decay, double l1, bool amsgrad, bool decoupled,
          bool maximize, bool dry_run) {
-        std::vector<SlotArg> slots = {{"params", params, true},
-                                      {"grads", grads, false},
-                                      {"exp_avg", exp_avg, true},
-                                      {"exp_avg_sq", exp_avg_sq, true}};
-        if (amsgrad) slots.push_back({"max_exp_avg_sq", max_exp_avg_sq, true});
-        const CheckedList c = check_lists(slots);
+        const CheckedList c =
+            check_lists(adam_slots(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad));
         const AdamHyper h{lr, beta1, beta2, eps, weight_decay, l1, amsgrad, decoupled, maximize};
         if (dry_run) return;  // checks only
         py::gil_scoped_release nogil;
@@ -38,9 +34,7 @@ void bind_optim(py::module_& m) {
       [](py::handle params, py::handle grads, py::handle momentum_buffer, int64_t step,
          double lr, double momentum, double dampening, double weight_decay, double l1,
          bool nesterov, bool maximize, bool dry_run) {
-        std::vector<SlotArg> slots = {{"params", params, true}, {"grads", grads, false}};
-        if (momentum != 0.0) slots.push_back({"momentum_buffer", momentum_buffer, true});
-        const CheckedList c = check_lists(slots);
+        const CheckedList c = check_lists(sgd_slots(params, grads, momentum_buffer, momentum));
         const SgdHyper h{lr, momentum, dampening, weight_decay, l1, nesterov, maximize};
         if (dry_run) return;
         py::gil_scoped_release nogil;
@@ -53,12 +47,8 @@ void bind_optim(py::module_& m) {
       [](py::handle params, py::handle grads, py::handle square_avg, py::handle grad_avg,
          py::handle momentum_buffer, double lr, double alpha, double eps, double weight_decay,
          double momentum, double l1, bool centered, bool maximize, bool dry_run) {
-        std::vector<SlotArg> slots = {{"params", params, true},
-                                      {"grads", grads, false},
-                                      {"square_avg", square_avg, true}};
-        if (centered) slots.push_back({"grad_avg", grad_avg, true});
-        if (momentum > 0.0) slots.push_back({"momentum_buffer", momentum_buffer, true});
-        const CheckedList c = check_lists(slots);
+        const CheckedList c = check_lists(
+            rmsprop_slots(params, grads, square_avg, grad_avg, momentum_buffer, centered, momentum));
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, l1, centered, maximize};
         if (dry_run) return;
         py::gil_scoped_release nogil;
@@ -71,8 +61,7 @@ void bind_optim(py::module_& m) {
       [](py::handle params, py::handle grads, py::handle state_sum, int64_t step, double lr,
          double lr_decay, double weight_decay, double eps, double l1, bool maximize,
          bool dry_run) {
-        const CheckedList c = check_lists(
-            {{"params", params, true}, {"grads", grads, false}, {"state_sum", state_sum, true}});
+        const CheckedList c = check_lists(adagrad_slots(params, grads, state_sum));
         const AdagradHyper h{lr, lr_decay, weight_decay, eps, l1, maximize};
         if (dry_run) return;
         py::gil_scoped_release nogil;

@@ -28,12 +28,6 @@ bool same_shape(const py::array& a, const py::array& b) {
   return true;
 }
 
-py::ssize_t list_length(const SlotArg& s) {
-  if (!PyList_Check(s.list.ptr()) && !PyTuple_Check(s.list.ptr()))
-    throw py::type_error(std::string(s.name) + ": expected a list or tuple of arrays, received " +
-                         type_name(s.list));
-  return PySequence_Fast_GET_SIZE(s.list.ptr());
-}
 
 // Raises the descriptive error for slots[k][i], which failed the fast check.
 [[noreturn]] void raise_bad_item(const std::vector<SlotArg>& slots, const SlotArg& first,
@@ -55,16 +49,7 @@ py::ssize_t list_length(const SlotArg& s) {
 
 CheckedList check_lists(const std::vector<SlotArg>& slots) {
   const SlotArg& first = slots.front();
-  const py::ssize_t n = list_length(first);
-  if (n == 0)
-    throw py::value_error(std::string(first.name) +
-                          ": expected a non-empty list of arrays, received an empty list");
-  for (const SlotArg& s : slots) {
-    const py::ssize_t len = list_length(s);
-    if (len != n)
-      throw py::value_error(std::string(s.name) + ": expected " + std::to_string(n) +
-                            " arrays (one per parameter), received " + std::to_string(len));
-  }
+  const py::ssize_t n = common_length(slots);
 
   PyObject** params = PySequence_Fast_ITEMS(first.list.ptr());
   if (!py::isinstance<py::array>(params[0]))
