@@ -191,3 +191,34 @@ def test_dropout_backward_bad_input():
         with pytest.raises(exc) as info:
             ops.dropout_backward(**args)
         assert text in str(info.value), (over, str(info.value))
+
+
+def test_dropout_into_preallocated_buffers():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((33, 7)).astype(np.float32)
+    y_ref, m_ref = ops.dropout(x, 0.3, seed=5, offset=2)
+    out, mask_out = np.empty_like(x), np.empty(x.shape, bool)
+    y, m = ops.dropout(x, 0.3, seed=5, offset=2, out=out, mask_out=mask_out)
+    assert y is out and m is mask_out
+    assert np.array_equal(y, y_ref) and np.array_equal(m, m_ref)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx_out = np.empty_like(dy)
+    dx = ops.dropout_backward(dy, m, 0.3, out=dx_out)
+    assert dx is dx_out and np.array_equal(dx, ops.dropout_backward(dy, m, 0.3))
+    # in place
+    xc = x.copy()
+    y2, _ = ops.dropout(xc, 0.3, seed=5, offset=2, out=xc)
+    assert y2 is xc and np.array_equal(xc, y_ref)
+
+
+def test_dropout_preallocated_bad():
+    x = np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match="out"):
+        ops.dropout(x, 0.5, seed=1, out=np.empty((5, 4), np.float32))
+    with pytest.raises(TypeError, match="out"):
+        ops.dropout(x, 0.5, seed=1, out=np.empty((4, 5), np.float64))
+    with pytest.raises(TypeError, match="mask_out"):
+        ops.dropout(x, 0.5, seed=1, mask_out=np.empty((4, 5), np.uint8))
+    m = np.ones((4, 5), bool)
+    with pytest.raises(ValueError, match="out"):
+        ops.dropout_backward(x, m, 0.5, out=np.empty((4, 4), np.float32))

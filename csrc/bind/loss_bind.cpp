@@ -209,13 +209,30 @@ void bind_loss(py::module_& m) {
 
   m.def(
       "dropout",
-      [](py::handle x_h, double p, uint64_t seed, uint64_t offset) {
+      [](py::handle x_h, double p, uint64_t seed, uint64_t offset, py::handle out_h,
+         py::handle mask_out_h) {
         if (!(p >= 0.0 && p < 1.0))
           throw py::value_error("p must be in [0, 1); received " + std::to_string(p));
         const py::array x = as_array("x", x_h);
         const int num = float_input("x", x);
-        py::array y(x.dtype(), shape_of(x));
-        py::array mask(py::dtype::of<bool>(), shape_of(x));
+        // outputs: given (reused across batches; out may be x itself) or new
+        py::array y = out_h.is_none() ? py::array(x.dtype(), shape_of(x)) : as_array("out", out_h);
+        if (!out_h.is_none()) {
+          same_dtype("out", y, num, "the dtype of x");
+          same_shape("out", y, "x", x);
+          contiguous("out", y, true);
+        }
+        py::array mask = mask_out_h.is_none() ? py::array(py::dtype::of<bool>(), shape_of(x))
+                                              : as_array("mask_out", mask_out_h);
+        if (!mask_out_h.is_none()) {
+          if (mask.dtype().kind() != 'b')
+            throw py::type_error("mask_out: expected dtype bool, received " + dtype_str(mask));
+          same_shape("mask_out", mask, "x", x);
+          contiguous("mask_out", mask, true);
+          disjoint("mask_out", mask, "x", x);
+          disjoint("mask_out", mask, "out", y);
+        }
+        if (!out_h.is_none() && y.data() != x.data()) disjoint("out", y, "x", x);
         const void* xp = x.data();
         void* yp = y.mutable_data();
         auto* mp = static_cast<uint8_t*>(mask.mutable_data());
@@ -226,12 +243,13 @@ void bind_loss(py::module_& m) {
         }
         return py::make_tuple(y, mask);
       },
-      py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset"),
+      py::arg("x"), py::arg("p"), py::arg("seed"), py::arg("offset"), py::arg("out") = py::none(),
+      py::arg("mask_out") = py::none(),
       "Dropout with a Philox4x32-10 mask (use fusedtrain.ops.dropout).");
 
   m.def(
       "dropout_backward",
-      [](py::handle dy_h, py::handle mask_h, double p) {
+      [](py::handle dy_h, py::handle mask_h, double p, py::handle out_h) {
         if (!(p >= 0.0 && p < 1.0))
           throw py::value_error("p must be in [0, 1); received " + std::to_string(p));
         const py::array dy = as_array("dy", dy_h);
@@ -244,7 +262,14 @@ void bind_loss(py::module_& m) {
               dtype_str(mask));
         contiguous("mask", mask, false);
         same_shape("mask", mask, "dy", dy);
-        py::array dx(dy.dtype(), shape_of(dy));
+        py::array dx = out_h.is_none() ? py::array(dy.dtype(), shape_of(dy)) : as_array("out", out_h);
+        if (!out_h.is_none()) {  // may be dy itself
+          same_dtype("out", dx, num, "the dtype of dy");
+          same_shape("out", dx, "dy", dy);
+          contiguous("out", dx, true);
+          disjoint("out", dx, "mask", mask);
+          if (dx.data() != dy.data()) disjoint("out", dx, "dy", dy);
+        }
         const void* dyp = dy.data();
         const auto* mp = static_cast<const uint8_t*>(mask.data());
         void* dxp = dx.mutable_data();
@@ -255,7 +280,7 @@ void bind_loss(py::module_& m) {
         }
         return dx;
       },
-      py::arg("dy"), py::arg("mask"), py::arg("p"),
+      py::arg("dy"), py::arg("mask"), py::arg("p"), py::arg("out") = py::none(),
       "Dropout backward: dy * mask / (1 - p) (use fusedtrain.ops.dropout_backward).");
 
   m.def(

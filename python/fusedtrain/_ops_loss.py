@@ -124,7 +124,7 @@ def mse(pred, target, reduction="mean"):
     return _module("pred", pred).mse(pred, target, red)
 
 
-def dropout(x, p, seed, offset=0):
+def dropout(x, p, seed, offset=0, out=None, mask_out=None):
     """Inverted dropout with a counter-based mask: ``y = x * mask / (1 - p)``.
 
     Element ``i`` is dropped with probability ``p``, decided by word ``i % 4``
@@ -141,6 +141,9 @@ def dropout(x, p, seed, offset=0):
       seed: int in [0, 2**64), the Philox key.
       offset: int in [0, 2**64), the high half of the Philox counter.
 
+      out, mask_out: optional preallocated outputs (x's dtype and shape; a
+        bool array of x's shape), reused across batches; ``out`` may be ``x``.
+
     Returns:
       ``(y, mask)``: ``y`` like ``x``; ``mask`` a bool array of x's shape,
       True where the element is kept (pass it to :func:`dropout_backward`).
@@ -148,14 +151,15 @@ def dropout(x, p, seed, offset=0):
     p = V.in_range("p", p, 0.0, 1.0, False)
     seed = _integer("seed", seed, 0, _U64)
     offset = _integer("offset", offset, 0, _U64)
-    return _module("x", x).dropout(x, p, seed, offset)
+    return _module("x", x).dropout(x, p, seed, offset, out, mask_out)
 
 
-def dropout_backward(dy, mask, p):
+def dropout_backward(dy, mask, p, out=None):
     """Gradient of :func:`dropout`: ``dx = dy * mask / (1 - p)``.
 
     ``mask`` is the bool array :func:`dropout` returned (uint8 0/1 is
-    accepted too), of dy's shape; ``p`` the same drop probability.
+    accepted too), of dy's shape; ``p`` the same drop probability. ``out``
+    takes a preallocated dx (dy's dtype and shape; it may be dy itself).
     """
     p = V.in_range("p", p, 0.0, 1.0, False)
-    return _module("dy", dy).dropout_backward(dy, mask, p)
+    return _module("dy", dy).dropout_backward(dy, mask, p, out)

@@ -150,19 +150,26 @@ class Dropout(Layer):
         self.seed = 0
         self.offset = 0
         self._mask = None
+        self._bufs = {}  # shape -> preallocated (y, mask, dx)
 
     def forward(self, x, training):
         if not training or self.p == 0.0:
             self._mask = None
             return x
-        y, self._mask = ops.dropout(x, self.p, self.seed, self.offset)
+        bufs = self._bufs.get((x.shape, x.dtype))
+        if bufs is None:
+            bufs = self._bufs[(x.shape, x.dtype)] = (np.empty_like(x), np.empty(x.shape, bool),
+                                                     np.empty_like(x))
+        y, self._mask = ops.dropout(x, self.p, self.seed, self.offset, out=bufs[0],
+                                    mask_out=bufs[1])
+        self._dx = bufs[2]
         self.offset += 1
         return y
 
     def backward(self, dy, need_dx=True, accumulate=False):
         if self._mask is None:
             return dy
-        return ops.dropout_backward(dy, self._mask, self.p)
+        return ops.dropout_backward(dy, self._mask, self.p, out=self._dx)
 
     def config(self):
         return {"p": self.p}
