@@ -110,13 +110,10 @@ void adam_list(const TensorList& tl, const AdamScalars<T>& s) {
 template <typename T>
 void adam_typed(const TensorList& tl, const AdamHyper& h, int64_t step) {
   const auto s = make_adam_scalars<T>(h, step);
-  using WD = WeightDecay;
-  using A = AmsGrad;
-  if (h.decoupled) {
-    h.amsgrad ? adam_list<T, WD::Decoupled, A::On>(tl, s) : adam_list<T, WD::Decoupled, A::Off>(tl, s);
-  } else {
-    h.amsgrad ? adam_list<T, WD::L2, A::On>(tl, s) : adam_list<T, WD::L2, A::Off>(tl, s);
-  }
+  with_adam_variant(h, [&](auto v) {
+    using V = decltype(v);
+    adam_list<T, V::kWeightDecay, V::kAmsGrad>(tl, s);
+  });
 }
 
 template <typename T, Momentum M, Nesterov N>
@@ -131,15 +128,10 @@ void sgd_list(const TensorList& tl, const SgdScalars<T>& s) {
 template <typename T>
 void sgd_typed(const TensorList& tl, const SgdHyper& h, int64_t step) {
   const auto s = make_sgd_scalars<T>(h);
-  using M = Momentum;
-  using N = Nesterov;
-  if (h.momentum == 0.0) {
-    sgd_list<T, M::Off, N::Off>(tl, s);
-  } else if (step <= 1) {  // torch initialises the buffer to d on the first step
-    h.nesterov ? sgd_list<T, M::First, N::On>(tl, s) : sgd_list<T, M::First, N::Off>(tl, s);
-  } else {
-    h.nesterov ? sgd_list<T, M::On, N::On>(tl, s) : sgd_list<T, M::On, N::Off>(tl, s);
-  }
+  with_sgd_variant(h, step, [&](auto v) {
+    using V = decltype(v);
+    sgd_list<T, V::kMomentum, V::kNesterov>(tl, s);
+  });
 }
 
 template <typename T, Centered C, Momentum M>
@@ -158,14 +150,10 @@ void rmsprop_list(const TensorList& tl, const RmspropScalars<T>& s) {
 template <typename T>
 void rmsprop_typed(const TensorList& tl, const RmspropHyper& h) {
   const auto s = make_rmsprop_scalars<T>(h);
-  using C = Centered;
-  using M = Momentum;
-  const bool mom = h.momentum > 0.0;
-  if (h.centered) {
-    mom ? rmsprop_list<T, C::On, M::On>(tl, s) : rmsprop_list<T, C::On, M::Off>(tl, s);
-  } else {
-    mom ? rmsprop_list<T, C::Off, M::On>(tl, s) : rmsprop_list<T, C::Off, M::Off>(tl, s);
-  }
+  with_rmsprop_variant(h, [&](auto v) {
+    using V = decltype(v);
+    rmsprop_list<T, V::kCentered, V::kMomentum>(tl, s);
+  });
 }
 
 template <typename T>

@@ -102,46 +102,28 @@ void run(const DeviceList& dl, const Op& op, void* stream) {
 template <typename T>
 void adam_typed(const DeviceList& dl, const AdamHyper& h, int64_t step, void* stream) {
   const auto s = make_adam_scalars<T>(h, step);
-  using WD = WeightDecay;
-  using A = AmsGrad;
-  if (h.decoupled) {
-    h.amsgrad ? run(dl, AdamOp<T, WD::Decoupled, A::On>{s}, stream)
-              : run(dl, AdamOp<T, WD::Decoupled, A::Off>{s}, stream);
-  } else {
-    h.amsgrad ? run(dl, AdamOp<T, WD::L2, A::On>{s}, stream)
-              : run(dl, AdamOp<T, WD::L2, A::Off>{s}, stream);
-  }
+  with_adam_variant(h, [&](auto v) {
+    using V = decltype(v);
+    run(dl, AdamOp<T, V::kWeightDecay, V::kAmsGrad>{s}, stream);
+  });
 }
 
 template <typename T>
 void sgd_typed(const DeviceList& dl, const SgdHyper& h, int64_t step, void* stream) {
   const auto s = make_sgd_scalars<T>(h);
-  using M = Momentum;
-  using N = Nesterov;
-  if (h.momentum == 0.0) {
-    run(dl, SgdOp<T, M::Off, N::Off>{s}, stream);
-  } else if (step <= 1) {  // torch initialises the buffer to d on the first step
-    h.nesterov ? run(dl, SgdOp<T, M::First, N::On>{s}, stream)
-               : run(dl, SgdOp<T, M::First, N::Off>{s}, stream);
-  } else {
-    h.nesterov ? run(dl, SgdOp<T, M::On, N::On>{s}, stream)
-               : run(dl, SgdOp<T, M::On, N::Off>{s}, stream);
-  }
+  with_sgd_variant(h, step, [&](auto v) {
+    using V = decltype(v);
+    run(dl, SgdOp<T, V::kMomentum, V::kNesterov>{s}, stream);
+  });
 }
 
 template <typename T>
 void rmsprop_typed(const DeviceList& dl, const RmspropHyper& h, void* stream) {
   const auto s = make_rmsprop_scalars<T>(h);
-  using C = Centered;
-  using M = Momentum;
-  const bool mom = h.momentum > 0.0;
-  if (h.centered) {
-    mom ? run(dl, RmspropOp<T, C::On, M::On>{s}, stream)
-        : run(dl, RmspropOp<T, C::On, M::Off>{s}, stream);
-  } else {
-    mom ? run(dl, RmspropOp<T, C::Off, M::On>{s}, stream)
-        : run(dl, RmspropOp<T, C::Off, M::Off>{s}, stream);
-  }
+  with_rmsprop_variant(h, [&](auto v) {
+    using V = decltype(v);
+    run(dl, RmspropOp<T, V::kCentered, V::kMomentum>{s}, stream);
+  });
 }
 
 template <typename T>

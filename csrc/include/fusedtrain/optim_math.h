@@ -166,6 +166,66 @@ struct AdagradHyper {
   bool maximize;
 };
 
+// ---------------------------------------------------------------------------
+// Which variant a call runs: the run-time flags become template parameters
+// here, once, for the CPU drivers and the CUDA launchers alike. f receives a
+// tag type carrying the variant as static members.
+// ---------------------------------------------------------------------------
+template <WeightDecay W, AmsGrad A>
+struct AdamVariant {
+  static constexpr WeightDecay kWeightDecay = W;
+  static constexpr AmsGrad kAmsGrad = A;
+};
+
+template <class F>
+void with_adam_variant(const AdamHyper& h, F&& f) {
+  using WD = WeightDecay;
+  using A = AmsGrad;
+  if (h.decoupled) {
+    h.amsgrad ? f(AdamVariant<WD::Decoupled, A::On>{}) : f(AdamVariant<WD::Decoupled, A::Off>{});
+  } else {
+    h.amsgrad ? f(AdamVariant<WD::L2, A::On>{}) : f(AdamVariant<WD::L2, A::Off>{});
+  }
+}
+
+template <Momentum M, Nesterov N>
+struct SgdVariant {
+  static constexpr Momentum kMomentum = M;
+  static constexpr Nesterov kNesterov = N;
+};
+
+// torch initialises the momentum buffer to d on the first step: Momentum::First.
+template <class F>
+void with_sgd_variant(const SgdHyper& h, int64_t step, F&& f) {
+  using M = Momentum;
+  using N = Nesterov;
+  if (h.momentum == 0.0) {
+    f(SgdVariant<M::Off, N::Off>{});
+  } else if (step <= 1) {
+    h.nesterov ? f(SgdVariant<M::First, N::On>{}) : f(SgdVariant<M::First, N::Off>{});
+  } else {
+    h.nesterov ? f(SgdVariant<M::On, N::On>{}) : f(SgdVariant<M::On, N::Off>{});
+  }
+}
+
+template <Centered C, Momentum M>
+struct RmspropVariant {
+  static constexpr Centered kCentered = C;
+  static constexpr Momentum kMomentum = M;
+};
+
+template <class F>
+void with_rmsprop_variant(const RmspropHyper& h, F&& f) {
+  using C = Centered;
+  using M = Momentum;
+  const bool mom = h.momentum > 0.0;
+  if (h.centered) {
+    mom ? f(RmspropVariant<C::On, M::On>{}) : f(RmspropVariant<C::On, M::Off>{});
+  } else {
+    mom ? f(RmspropVariant<C::Off, M::On>{}) : f(RmspropVariant<C::Off, M::Off>{});
+  }
+}
+
 template <typename T>
 AdamScalars<T> make_adam_scalars(const AdamHyper& h, int64_t step) {
   const double bc1 = 1.0 - std::pow(h.beta1, double(step));
