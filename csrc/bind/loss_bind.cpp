@@ -75,6 +75,33 @@ py::object reduced_or(Reduction r, double total, const py::array& per_item) {
   return py::float_(total);
 }
 
+// A loss of two same-shape inputs (BCE with logits, MSE): checks, outputs,
+// the kernel without the GIL; returns (loss, d loss / d input).
+using ElementwiseLoss = double (*)(const void*, const void*, void*, void*, int64_t, Reduction,
+                                   cpu::DType);
+py::tuple elementwise_loss(const char* in_name, py::handle in_h, const char* ref_name,
+                           py::handle ref_h, const std::string& reduction, ElementwiseLoss kernel) {
+  const Reduction red = parse_reduction(reduction);
+  const py::array in = as_array(in_name, in_h);
+  const int num = float_input(in_name, in);
+  const py::array ref = as_array(ref_name, ref_h);
+  matching_input(ref_name, ref, num, in_name, in);
+  py::array grad(in.dtype(), shape_of(in));
+  py::array loss;
+  if (red == Reduction::None) loss = py::array(in.dtype(), shape_of(in));
+  const void* x = in.data();
+  const void* t = ref.data();
+  void* g = grad.mutable_data();
+  void* l = red == Reduction::None ? loss.mutable_data() : nullptr;
+  const int64_t n = in.size();
+  double total;
+  {
+    py::gil_scoped_release nogil;
+    total = kernel(x, t, g, l, n, red, dtype_of(num));
+  }
+  return py::make_tuple(reduced_or(red, total, loss), grad);
+}
+
 }  // namespace
 
 void bind_loss(py::module_& m) {
@@ -156,26 +183,9 @@ void bind_loss(py::module_& m) {
 
   m.def(
       "bce_with_logits",
-      [](py::handle logits_h, py::handle targets_h, const std::string& reduction) {
-        const Reduction red = parse_reduction(reduction);
-        const py::array logits = as_array("logits", logits_h);
-        const int num = float_input("logits", logits);
-        const py::array targets = as_array("targets", targets_h);
-        matching_input("targets", targets, num, "logits", logits);
-        py::array grad(logits.dtype(), shape_of(logits));
-        py::array loss;
-        if (red == Reduction::None) loss = py::array(logits.dtype(), shape_of(logits));
-        const void* x = logits.data();
-        const void* t = targets.data();
-        void* g = grad.mutable_data();
-        void* l = red == Reduction::None ? loss.mutable_data() : nullptr;
-        const int64_t n = logits.size();
-        double total;
-        {
-          py::gil_scoped_release nogil;
-          total = cpu::bce_with_logits(x, t, g, l, n, red, dtype_of(num));
-        }
-        return py::make_tuple(reduced_or(red, total, loss), grad);
+      [](py::handle logits, py::handle targets, const std::string& reduction) {
+        return elementwise_loss("logits", logits, "targets", targets, reduction,
+                                cpu::bce_with_logits);
       },
       py::arg("logits"), py::arg("targets"), py::arg("reduction"),
       "Binary cross-entropy with logits, forward + backward (use "
@@ -183,26 +193,8 @@ void bind_loss(py::module_& m) {
 
   m.def(
       "mse",
-      [](py::handle pred_h, py::handle target_h, const std::string& reduction) {
-        const Reduction red = parse_reduction(reduction);
-        const py::array pred = as_array("pred", pred_h);
-        const int num = float_input("pred", pred);
-        const py::array target = as_array("target", target_h);
-        matching_input("target", target, num, "pred", pred);
-        py::array grad(pred.dtype(), shape_of(pred));
-        py::array loss;
-        if (red == Reduction::None) loss = py::array(pred.dtype(), shape_of(pred));
-        const void* p = pred.data();
-        const void* t = target.data();
-        void* g = grad.mutable_data();
-        void* l = red == Reduction::None ? loss.mutable_data() : nullptr;
-        const int64_t n = pred.size();
-        double total;
-        {
-          py::gil_scoped_release nogil;
-          total = cpu::mse(p, t, g, l, n, red, dtype_of(num));
-        }
-        return py::make_tuple(reduced_or(red, total, loss), grad);
+      [](py::handle pred, py::handle target, const std::string& reduction) {
+        return elementwise_loss("pred", pred, "target", target, reduction, cpu::mse);
       },
       py::arg("pred"), py::arg("target"), py::arg("reduction"),
       "Mean squared error, forward + backward (use fusedtrain.ops.mse).");
