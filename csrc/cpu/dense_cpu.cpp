@@ -19,21 +19,32 @@ namespace fusedtrain::cpu {
 
 namespace {
 
-// Rows (or columns) per tile: a function of the problem's shape only (never
+// Tiles of rows (or columns): a function of the problem's shape only (never
 // of the thread count, so results do not depend on it): at most kMaxTiles
-// tiles, each a multiple of kTileQuantum rows. Few large tiles keep the cost
-// of re-packing the shared GEMM operand per tile small; four of them still
-// spread over the threads of a small machine.
+// tiles of at least kTileQuantum rows, split as evenly as the quantum allows
+// (two threads sharing four tiles of 192, 192, 208, 192 rows are balanced;
+// tiles of 224, 224, 224, 112 would leave one thread 30% more work). Few
+// large tiles keep the cost of re-packing the shared GEMM operand per tile
+// small; four of them still spread over the threads of a small machine.
 constexpr int64_t kTileQuantum = 32;
 constexpr int64_t kMaxTiles = 4;
 // Below this many multiply-adds a GEMM runs on one thread.
 constexpr int64_t kMinParallelFlops = 1 << 21;
 
-int64_t tile_size(int64_t n) {
-  const int64_t per = (n + kMaxTiles - 1) / kMaxTiles;
-  return std::max<int64_t>(kTileQuantum, (per + kTileQuantum - 1) / kTileQuantum * kTileQuantum);
-}
-int64_t tiles(int64_t n) { return (n + tile_size(n) - 1) / tile_size(n); }
+struct Tiling {
+  int64_t n = 0, count = 0;
+  explicit Tiling(int64_t n_)
+      : n(n_),
+        count(n_ > 0 ? std::min<int64_t>(kMaxTiles, std::max<int64_t>(1, n_ / kTileQuantum))
+                     : 0) {}
+  // first row of tile t (t = count gives n): t n / count, rounded to the quantum
+  int64_t begin(int64_t t) const {
+    if (t >= count) return n;
+    const int64_t x = (n * t / count + kTileQuantum / 2) / kTileQuantum * kTileQuantum;
+    return std::min(x, n);
+  }
+  int64_t size(int64_t t) const { return begin(t + 1) - begin(t); }
+};
 
 // Runs f(t) for t in [0, ntiles) on up to num_threads() threads.
 template <class F>
@@ -55,30 +66,32 @@ void tiled_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, i
                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   const int64_t flops = M * N * K;
   if (M >= N) {
-    for_tiles(tiles(M), flops, [&](int64_t t) {
-      const int64_t ts = tile_size(M), m0 = t * ts, m = std::min(ts, M - m0);
+    const Tiling tm(M);
+    for_tiles(tm.count, flops, [&](int64_t t) {
+      const int64_t m0 = tm.begin(t);
       const T* a = ta ? A + m0 : A + m0 * lda;  // rows of op(A)
-      gemm(ta, tb, m, N, K, T(1), a, lda, B, ldb, beta, C + m0 * ldc, ldc);
+      gemm(ta, tb, tm.size(t), N, K, T(1), a, lda, B, ldb, beta, C + m0 * ldc, ldc);
     });
   } else {
-    for_tiles(tiles(N), flops, [&](int64_t t) {
-      const int64_t ts = tile_size(N), n0 = t * ts, n = std::min(ts, N - n0);
+    const Tiling tn(N);
+    for_tiles(tn.count, flops, [&](int64_t t) {
+      const int64_t n0 = tn.begin(t);
       const T* b = tb ? B + n0 * ldb : B + n0;  // columns of op(B)
-      gemm(ta, tb, M, n, K, T(1), A, lda, b, ldb, beta, C + n0, ldc);
+      gemm(ta, tb, M, tn.size(t), K, T(1), A, lda, b, ldb, beta, C + n0, ldc);
     });
   }
 }
 
 // ---------------------------------------------------------------------------
 // forward epilogue: v = y + b; z = v (if saved); y = act(v)
-// y, z are (rows, cols); b is (cols,) or null
+// y, z are (rows, cols) with row stride ld; b is (cols,) or null
 // ---------------------------------------------------------------------------
 template <Act A, bool kBias, bool kSaveZ, typename T>
 FT_CLONES void epilogue_rows(T* __restrict y, T* __restrict z, const T* __restrict b,
-                             int64_t rows, int64_t cols, T slope) {
+                             int64_t rows, int64_t cols, int64_t ld, T slope) {
   for (int64_t r = 0; r < rows; ++r) {
-    T* yr = y + r * cols;
-    T* zr = kSaveZ ? z + r * cols : nullptr;
+    T* yr = y + r * ld;
+    T* zr = kSaveZ ? z + r * ld : nullptr;
     for (int64_t c = 0; c < cols; ++c) {
       T v = yr[c];
       if constexpr (kBias) v = v + b[c];
@@ -108,30 +121,46 @@ FT_CLONES void softmax_rows(T* __restrict y, const T* __restrict b, int64_t rows
   }
 }
 
+// The epilogue of a block of y (rows, cols), row stride ld (softmax: whole
+// rows, ld == cols).
 template <Act A, typename T>
-void epilogue(T* y, T* z, const T* b, int64_t rows, int64_t cols, T slope) {
+void epilogue(T* y, T* z, const T* b, int64_t rows, int64_t cols, int64_t ld, T slope) {
   if constexpr (A == Act::Softmax) {
     b ? softmax_rows<true>(y, b, rows, cols) : softmax_rows<false>(y, b, rows, cols);
   } else if constexpr (saved_of(A) == Saved::PreActivation) {
-    b ? epilogue_rows<A, true, true>(y, z, b, rows, cols, slope)
-      : epilogue_rows<A, false, true>(y, z, b, rows, cols, slope);
+    b ? epilogue_rows<A, true, true>(y, z, b, rows, cols, ld, slope)
+      : epilogue_rows<A, false, true>(y, z, b, rows, cols, ld, slope);
   } else {
-    b ? epilogue_rows<A, true, false>(y, z, b, rows, cols, slope)
-      : epilogue_rows<A, false, false>(y, z, b, rows, cols, slope);
+    b ? epilogue_rows<A, true, false>(y, z, b, rows, cols, ld, slope)
+      : epilogue_rows<A, false, false>(y, z, b, rows, cols, ld, slope);
   }
 }
 
+// y = act(x @ w + b) in tiles of rows, each GEMM followed by its epilogue.
+// A batch too small for two row tiles is cut into tiles of columns instead
+// (softmax, which needs whole rows, excepted), so that it still runs on
+// several threads.
 template <Act A, typename T>
 void forward_impl(const T* x, const T* w, const T* b, T* y, T* z, int64_t B, int64_t in,
                   int64_t out, T slope) {
   const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
-  for_tiles(tiles(B), B * in * out, [&](int64_t t) {
-    const int64_t ts = tile_size(B), r0 = t * ts, rows = std::min(ts, B - r0);
-    gemm(false, false, rows, out, in, T(1), x + r0 * in, ld_in, w, ld_out, T(0), y + r0 * out,
-         ld_out);
-    if (A != Act::Identity || b)
-      epilogue<A>(y + r0 * out, z ? z + r0 * out : nullptr, b, rows, out, slope);
-  });
+  const bool fused = A != Act::Identity || b;
+  const Tiling tr(B), tc(out);
+  if (tr.count >= 2 || tc.count < 2 || A == Act::Softmax) {
+    for_tiles(tr.count, B * in * out, [&](int64_t t) {
+      const int64_t r0 = tr.begin(t), rows = tr.size(t);
+      gemm(false, false, rows, out, in, T(1), x + r0 * in, ld_in, w, ld_out, T(0),
+           y + r0 * out, ld_out);
+      if (fused) epilogue<A>(y + r0 * out, z ? z + r0 * out : nullptr, b, rows, out, ld_out, slope);
+    });
+  } else {
+    for_tiles(tc.count, B * in * out, [&](int64_t t) {
+      const int64_t c0 = tc.begin(t), cols = tc.size(t);
+      gemm(false, false, B, cols, in, T(1), x, ld_in, w + c0, ld_out, T(0), y + c0, ld_out);
+      if (fused)
+        epilogue<A>(y + c0, z ? z + c0 : nullptr, b ? b + c0 : nullptr, B, cols, ld_out, slope);
+    });
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -185,12 +214,13 @@ void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T
                    T* db, int64_t B, int64_t in, int64_t out, T slope, bool accumulate) {
   // one pass over dy per row tile: dz = dy * act'(saved) and the tile's
   // column sums (double); the tiles' sums are then added in tile order
-  const int64_t nt = tiles(B);
+  const Tiling tr(B);
+  const int64_t nt = tr.count;
   thread_local std::vector<double> partial;
   partial.assign(size_t(std::max<int64_t>(nt, 1) * out), 0.0);
   const T* g = A == Act::Identity ? dy : dz;
   for_tiles(nt, B * out * 8, [&](int64_t t) {
-    const int64_t ts = tile_size(B), r0 = t * ts, rows = std::min(ts, B - r0);
+    const int64_t r0 = tr.begin(t), rows = tr.size(t);
     double* acc = partial.data() + t * out;
     if constexpr (A == Act::Identity) {
       column_sums(dy + r0 * out, acc, rows, out);
