@@ -46,6 +46,17 @@ struct Tiling {
   int64_t size(int64_t t) const { return begin(t + 1) - begin(t); }
 };
 
+// Which side of C (M, N) = A (M, K) @ B (K, N) to cut into tiles. Each row
+// tile's GEMM packs all of B again, each column tile's all of A: cut the side
+// whose tiles re-pack less (rows for a large batch; columns for a batch
+// smaller than the layer's width), as long as that gives two tiles or more.
+// A function of the shape only, like the tiles themselves.
+bool tile_rows(int64_t M, int64_t N, int64_t K) {
+  const Tiling tm(M), tn(N);
+  if (tm.count < 2 || tn.count < 2) return tm.count >= tn.count;
+  return tm.count * K * N + M * K <= tn.count * M * K + K * N;
+}
+
 // Runs f(t) for t in [0, ntiles) on up to num_threads() threads.
 template <class F>
 void for_tiles(int64_t ntiles, int64_t flops, F&& f) {
@@ -59,13 +70,13 @@ void for_tiles(int64_t ntiles, int64_t flops, F&& f) {
   for (int64_t t = 0; t < ntiles; ++t) f(t);
 }
 
-// C (M, N) = op(A) @ op(B) + beta C as tiles of C's rows or columns (the
-// longer side), the K dimension never split.
+// C (M, N) = op(A) @ op(B) + beta C as tiles of C's rows or columns
+// (tile_rows), the K dimension never split.
 template <typename T>
 void tiled_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
                 const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
   const int64_t flops = M * N * K;
-  if (M >= N) {
+  if (tile_rows(M, N, K)) {
     const Tiling tm(M);
     for_tiles(tm.count, flops, [&](int64_t t) {
       const int64_t m0 = tm.begin(t);
@@ -136,17 +147,16 @@ void epilogue(T* y, T* z, const T* b, int64_t rows, int64_t cols, int64_t ld, T 
   }
 }
 
-// y = act(x @ w + b) in tiles of rows, each GEMM followed by its epilogue.
-// A batch too small for two row tiles is cut into tiles of columns instead
-// (softmax, which needs whole rows, excepted), so that it still runs on
-// several threads.
+// y = act(x @ w + b) in tiles of rows or of columns (tile_rows; softmax,
+// which needs whole rows, always in rows), each GEMM followed by its
+// epilogue while the tile is in cache.
 template <Act A, typename T>
 void forward_impl(const T* x, const T* w, const T* b, T* y, T* z, int64_t B, int64_t in,
                   int64_t out, T slope) {
   const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
   const bool fused = A != Act::Identity || b;
   const Tiling tr(B), tc(out);
-  if (tr.count >= 2 || tc.count < 2 || A == Act::Softmax) {
+  if (A == Act::Softmax || tile_rows(B, out, in)) {
     for_tiles(tr.count, B * in * out, [&](int64_t t) {
       const int64_t r0 = tr.begin(t), rows = tr.size(t);
       gemm(false, false, rows, out, in, T(1), x + r0 * in, ld_in, w, ld_out, T(0),
