@@ -169,3 +169,133 @@ def _has_device() -> bool:
     if _device_present is None:
         _device_present = cuda_available()
     return _device_present
+
+
+# ---------------------------------------------------------------------------
+# single-array kernels (losses, dropout, dense): dispatch on the first array
+# ---------------------------------------------------------------------------
+def kernels_for(name: str, first) -> object:
+    """What runs a loss, dropout or dense kernel on arrays like ``first``
+    (the argument called ``name``): ``_core`` for a ``numpy.ndarray``, a
+    :class:`_CudaKernels` adapter with the same method names for an object
+    with ``__cuda_array_interface__`` (CuPy array, torch CUDA tensor).
+
+    The other arrays of the call are checked by the module that runs it,
+    with the CPU path's messages, before anything runs: a NumPy array in a
+    GPU call raises TypeError ("labels: expected a GPU array like logits,
+    received numpy.ndarray"), and a GPU array in a NumPy call raises
+    TypeError from ``_core`` ("expected a numpy.ndarray").
+    """
+    if isinstance(first, np.ndarray):
+        return _core
+    if hasattr(first, "__cuda_array_interface__"):
+        if _cuda is None:
+            raise RuntimeError(
+                f"{name} is a GPU array, but fusedtrain was built without CUDA "
+                f"({_cuda_import_error or 'no CUDA compiler at build time'}); rebuild with nvcc "
+                "on PATH (-Ccmake.define.FUSEDTRAIN_CUDA=ON) or pass NumPy arrays")
+        return _CudaKernels(first)
+    raise TypeError(
+        f"{name}: expected a numpy.ndarray or a GPU array (an object with "
+        f"__cuda_array_interface__), received {type(first).__module__}.{type(first).__name__}")
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _cupy_module():
+    global _cupy
+    if _cupy is None:
+        try:
+            import cupy
+        except Exception:
+            cupy = False
+        _cupy = cupy
+    if _cupy is False:
+        raise RuntimeError("fusedtrain needs CuPy to allocate GPU outputs: "
+                           'pip install "fusedtrain[cuda]" (or cupy-cuda13x)')
+    return _cupy
+
+
+def _device_id(x) -> int:
+    """The CUDA device of a CuPy array or torch tensor; CuPy's current device
+    for other GPU arrays."""
+    if _is_torch(x):
+        return int(x.device.index)
+    dev = getattr(x, "device", None)
+    if dev is not None and hasattr(dev, "id"):
+        return int(dev.id)
+    return int(_cupy_module().cuda.runtime.getDevice())
+
+
+# Reduction scratch, one buffer per (library, device, stream), grown by
+# doubling: a loss call in a training loop allocates nothing after the first.
+# Calls on one stream are ordered, so they can share it; the losses wait for
+# their stream before they return, so the buffer is free again by then.
+_workspaces: dict = {}
+
+
+class _CudaKernels:
+    """``_cuda``'s loss, dropout and dense kernels under ``_core``'s
+    signatures: this adapter adds the allocator of missing outputs (CuPy, or
+    torch for torch tensors, on the first array's device), the cached
+    reduction workspace and the caller's current stream. Without a device the
+    call still checks every argument, then raises RuntimeError."""
+
+    __slots__ = ("_first", "_stream_handle")
+
+    def __init__(self, first):
+        self._first = first
+        self._stream_handle = None
+
+    def _stream(self) -> int:
+        if not _has_device():
+            return 0  # nothing will be launched (_cuda raises after the checks)
+        if self._stream_handle is None:
+            self._stream_handle = _current_stream(self._first)
+        return self._stream_handle
+
+    def _empty(self, shape, typestr):
+        dtype = np.dtype(typestr)
+        if _is_torch(self._first):
+            import torch
+
+            tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                   np.dtype(np.bool_): torch.bool, np.dtype(np.uint8): torch.uint8}[dtype]
+            return torch.empty(tuple(shape), dtype=tdt, device=self._first.device)
+        cp = _cupy_module()
+        with cp.cuda.Device(_device_id(self._first)):
+            return cp.empty(tuple(shape), dtype=dtype)
+
+    def _workspace(self, nbytes):
+        key = (_is_torch(self._first), _device_id(self._first), self._stream())
+        buf = _workspaces.get(key)
+        if buf is None or buf.__cuda_array_interface__["shape"][0] < nbytes:
+            size = max(int(nbytes), 4096)
+            if buf is not None:
+                size = max(size, 2 * buf.__cuda_array_interface__["shape"][0])
+            buf = self._empty((size,), "|u1")
+            _workspaces[key] = buf
+        return buf
+
+    def softmax_cross_entropy(self, logits, labels, weight, out, ignore_index, label_smoothing,
+                              reduction):
+        return _cuda.softmax_cross_entropy(logits, labels, weight, out, ignore_index,
+                                           label_smoothing, reduction, self._empty,
+                                           self._workspace, False, self._stream())
+
+    def bce_with_logits(self, logits, targets, reduction):
+        return _cuda.bce_with_logits(logits, targets, reduction, self._empty, self._workspace,
+                                     False, self._stream())
+
+    def mse(self, pred, target, reduction):
+        return _cuda.mse(pred, target, reduction, self._empty, self._workspace, False,
+                         self._stream())
+
+    def dropout(self, x, p, seed, offset, out, mask_out):
+        return _cuda.dropout(x, p, seed, offset, out, mask_out, self._empty, False,
+                             self._stream())
+
+    def dropout_backward(self, dy, mask, p, out):
+        return _cuda.dropout_backward(dy, mask, p, out, self._empty, False, self._stream())
