@@ -299,3 +299,92 @@ class _CudaKernels:
 
     def dropout_backward(self, dy, mask, p, out):
         return _cuda.dropout_backward(dy, mask, p, out, self._empty, False, self._stream())
+
+
+# ---------------------------------------------------------------------------
+# array helpers for the optimizer objects: state buffers made by the
+# parameter's own library, on its device
+# ---------------------------------------------------------------------------
+_FLOAT_TYPESTRS = {"<f4": "float32", "<f8": "float64"}
+
+
+def is_gpu_array(x) -> bool:
+    return not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__")
+
+
+def is_array(x) -> bool:
+    """A NumPy array or a GPU array (CuPy array, torch CUDA tensor)."""
+    return isinstance(x, np.ndarray) or hasattr(x, "__cuda_array_interface__")
+
+
+def gpu_array_problem(x) -> str | None:
+    """Why a GPU array cannot be a parameter (updated in place), or None:
+    float32/float64, C-contiguous, writable -- read from its interface."""
+    cai = x.__cuda_array_interface__
+    typestr = cai.get("typestr")
+    if typestr not in _FLOAT_TYPESTRS:
+        try:
+            name = np.dtype(typestr).name
+        except TypeError:
+            name = repr(typestr)
+        return f"expected dtype float32 or float64, received {name}"
+    strides = cai.get("strides")
+    shape = tuple(cai.get("shape", ()))
+    contiguous = True
+    if strides is not None:
+        expect = np.dtype(typestr).itemsize
+        for extent, stride in zip(reversed(shape), reversed(tuple(strides))):
+            if extent != 1 and stride != expect:
+                contiguous = False
+            expect *= extent
+        contiguous = contiguous or 0 in shape
+    if not contiguous or cai.get("data", (0, False))[1]:
+        return "expected a writable C-contiguous array (updated in place)"
+    return None
+
+
+def full_like(p, fill):
+    """An array of p's shape, dtype, library and device filled with `fill`."""
+    if isinstance(p, np.ndarray):
+        return np.full_like(p, fill)
+    if _is_torch(p):
+        import torch
+
+        return torch.full_like(p, fill, memory_format=torch.contiguous_format)
+    cp = _cupy_module()
+    with cp.cuda.Device(_device_id(p)):
+        return cp.full(tuple(p.shape), fill, dtype=np.dtype(p.__cuda_array_interface__["typestr"]))
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy copy of a NumPy, CuPy or torch array (what state_dict files hold)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if _is_torch(a):
+        return a.detach().cpu().numpy()
+    if hasattr(a, "__cuda_array_interface__"):
+        return _cupy_module().asnumpy(a)
+    return np.asarray(a)
+
+
+def copy_like(p, value):
+    """A new C-contiguous array with value's contents in p's library, dtype
+    and device (value: a NumPy, CuPy or torch array of p's shape)."""
+    if isinstance(p, np.ndarray):
+        return np.array(to_host(value), dtype=p.dtype, order="C")
+    if _is_torch(p):
+        import torch
+
+        src = value if _is_torch(value) else torch.from_numpy(np.ascontiguousarray(to_host(value)))
+        return src.to(device=p.device, dtype=p.dtype, copy=True).contiguous()
+    cp = _cupy_module()
+    with cp.cuda.Device(_device_id(p)):
+        src = value if hasattr(value, "__cuda_array_interface__") else to_host(value)
+        return cp.array(src, dtype=np.dtype(p.__cuda_array_interface__["typestr"]), order="C")
+
+
+def copy_array(a):
+    """A copy of a NumPy, CuPy or torch array (other values as they are)."""
+    if _is_torch(a):
+        return a.clone()
+    return a.copy() if is_array(a) else a
