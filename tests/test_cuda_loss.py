@@ -125,8 +125,10 @@ DEFECTS = [
 ]
 
 
-def _errors(call, arg, defect):
-    make, run = CALLS[call]
+def defect_errors(calls, call, arg, defect):
+    """(CPU error, stand-in error) of `call` with `defect` applied to `arg`.
+    `calls` maps a call name to (make the NumPy arguments, run with them)."""
+    make, run = calls[call]
     cpu = make()
     defect(cpu, arg)
     with pytest.raises((TypeError, ValueError)) as cpu_err:
@@ -140,36 +142,49 @@ def _errors(call, arg, defect):
     return cpu_err.value, gpu_err.value
 
 
-@needs_cuda_module
-@pytest.mark.parametrize("call,arg,defect", DEFECTS,
-                         ids=[f"{c}-{a}-{d.__name__[1:]}" for c, a, d in DEFECTS])
-def test_defect_gives_the_cpu_message(call, arg, defect):
-    cpu, gpu = _errors(call, arg, defect)
+def assert_same_error(calls, call, arg, defect):
+    cpu, gpu = defect_errors(calls, call, arg, defect)
     assert type(gpu) is type(cpu)
     assert str(gpu).replace("cupy.", "numpy.") == str(cpu)
 
 
-@needs_cuda_module
-@pytest.mark.parametrize("call", list(CALLS))
-def test_numpy_array_in_a_gpu_call(call):
-    make, run = CALLS[call]
+def assert_numpy_in_gpu_call_raises(calls, call):
+    """A NumPy second argument after a GPU first one: TypeError naming both."""
+    make, run = calls[call]
     args = make()
     names = list(args)
     gpu = {k: fake_like(v) for k, v in args.items()}
-    gpu[names[1]] = args[names[1]]  # a NumPy array after a GPU first argument
+    gpu[names[1]] = args[names[1]]
     with pytest.raises(TypeError, match=rf"^{names[1]}: expected a GPU array like {names[0]}, "
                                         r"received numpy.ndarray$"):
         run(gpu)
 
 
-@pytest.mark.parametrize("call", list(CALLS))
-def test_gpu_array_in_a_numpy_call(call):
-    make, run = CALLS[call]
+def assert_gpu_in_numpy_call_raises(calls, call):
+    make, run = calls[call]
     args = make()
     names = list(args)
     args[names[1]] = fake_like(args[names[1]])
     with pytest.raises(TypeError, match=rf"^{names[1]}: expected a numpy.ndarray, received "):
         run(args)
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("call,arg,defect", DEFECTS,
+                         ids=[f"{c}-{a}-{d.__name__[1:]}" for c, a, d in DEFECTS])
+def test_defect_gives_the_cpu_message(call, arg, defect):
+    assert_same_error(CALLS, call, arg, defect)
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("call", list(CALLS))
+def test_numpy_array_in_a_gpu_call(call):
+    assert_numpy_in_gpu_call_raises(CALLS, call)
+
+
+@pytest.mark.parametrize("call", list(CALLS))
+def test_gpu_array_in_a_numpy_call(call):
+    assert_gpu_in_numpy_call_raises(CALLS, call)
 
 
 @pytest.mark.parametrize("call", list(CALLS))

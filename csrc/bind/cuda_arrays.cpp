@@ -237,5 +237,27 @@ void on_current_device(std::initializer_list<std::pair<const char*, const DevArr
     if (a != nullptr && a->numel > 0) check_device_memory(name, reinterpret_cast<void*>(a->ptr), device);
 }
 
+py::object make_output(py::handle empty, const char* name, const py::tuple& shape,
+                       const std::string& typestr, DevArray& a) {
+  py::object o = empty(shape, typestr);
+  parse(name, o, "a GPU array from the allocator", a);
+  if (a.typestr != typestr || !a.contiguous || a.readonly)
+    throw std::runtime_error(std::string(name) +
+                             ": the allocator returned an array of another dtype or layout");
+  return o;
+}
+
+void* make_workspace(py::handle workspace, size_t bytes, uintptr_t align, py::object& keep) {
+  keep = workspace(py::int_(bytes));
+  DevArray a;
+  parse("workspace", keep, "a GPU array from the workspace allocator", a);
+  if (uint64_t(nbytes(a)) < bytes || a.ptr % align != 0 || a.readonly)
+    throw std::runtime_error("workspace: the allocator returned " + std::to_string(nbytes(a)) +
+                             " bytes (or an unaligned or read-only array); " +
+                             std::to_string(bytes) + " writable bytes aligned to " +
+                             std::to_string(align) + " were needed");
+  return reinterpret_cast<void*>(a.ptr);
+}
+
 }  // namespace bind
 }  // namespace fusedtrain

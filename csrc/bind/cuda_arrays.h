@@ -77,5 +77,17 @@ void disjoint(const std::string& name_a, const DevArray& a, const std::string& n
 // current device (so arrays on two devices raise before anything runs).
 void on_current_device(std::initializer_list<std::pair<const char*, const DevArray*>> arrays);
 
+// ---------------------------------------------------------------------------
+// outputs and scratch from the caller's allocators (the bindings allocate
+// nothing themselves; called only after every check has passed)
+// ---------------------------------------------------------------------------
+// A new output from `empty(shape, typestr)`, parsed into `a` and checked to be
+// what was asked for.
+py::object make_output(py::handle empty, const char* name, const py::tuple& shape,
+                       const std::string& typestr, DevArray& a);
+// At least `bytes` writable bytes from `workspace(bytes)`, aligned to `align`;
+// `keep` holds the array while it is used.
+void* make_workspace(py::handle workspace, size_t bytes, uintptr_t align, py::object& keep);
+
 }  // namespace bind
 }  // namespace fusedtrain

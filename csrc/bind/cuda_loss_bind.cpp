@@ -59,29 +59,6 @@ py::tuple shape_tuple(const DevArray& a) {
   return t;
 }
 
-// A new output from the caller's allocator, checked to be what was asked for.
-py::object make_output(const py::handle& empty, const char* name, const py::tuple& shape,
-                       const std::string& typestr, DevArray& a) {
-  py::object o = empty(shape, typestr);
-  parse(name, o, "a GPU array from the allocator", a);
-  if (a.typestr != typestr || !a.contiguous || a.readonly)
-    throw std::runtime_error(std::string(name) +
-                             ": the allocator returned an array of another dtype or layout");
-  return o;
-}
-
-// The scratch of a reduction, at least `bytes` bytes, 8-byte aligned.
-void* make_workspace(const py::handle& workspace, size_t bytes, py::object& keep) {
-  keep = workspace(py::int_(bytes));
-  DevArray a;
-  parse("workspace", keep, "a GPU array from the workspace allocator", a);
-  if (uint64_t(nbytes(a)) < bytes || a.ptr % 8 != 0 || a.readonly)
-    throw std::runtime_error("workspace: the allocator returned " + std::to_string(nbytes(a)) +
-                             " bytes (or an unaligned or read-only array); " +
-                             std::to_string(bytes) + " writable bytes were needed");
-  return ptr_of(a);
-}
-
 void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
 
 py::object reduced_or(Reduction r, const cuda::LossResult& res, const py::object& per_item) {
@@ -125,7 +102,7 @@ py::object elementwise_loss(const char* in_name, py::handle in_h, const char* re
   py::object loss_o = py::none();
   if (red == Reduction::None) loss_o = make_output(empty, "loss", shape_tuple(in), in.typestr, loss);
   py::object keep;
-  void* ws = make_workspace(workspace, cuda::elementwise_workspace_bytes(in.numel), keep);
+  void* ws = make_workspace(workspace, cuda::elementwise_workspace_bytes(in.numel), 8, keep);
   cuda::LossResult res;
   {
     py::gil_scoped_release nogil;
@@ -201,7 +178,7 @@ void bind_cuda_loss(py::module_& m) {
         a.ignore_index = ignore_index;
         a.label_smoothing = label_smoothing;
         a.reduction = red;
-        a.workspace = make_workspace(workspace, cuda::ce_workspace_bytes(n), keep);
+        a.workspace = make_workspace(workspace, cuda::ce_workspace_bytes(n), 8, keep);
         const cuda::DType dt = dtype_of(logits);
         cuda::LossResult res;
         std::string bad_label;

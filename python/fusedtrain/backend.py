@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import numpy as np
 
 from . import _core
@@ -299,6 +302,77 @@ class _CudaKernels:
 
     def dropout_backward(self, dy, mask, p, out):
         return _cuda.dropout_backward(dy, mask, p, out, self._empty, False, self._stream())
+
+    def dense_forward(self, x, w, b, out, code, slope):
+        blas = _cuda_blas_module()
+        if not blas.loaded():  # check the arguments, then say what is missing
+            blas.dense_forward(x, w, b, out, code, slope, None, None, True, 0)
+            _require_cublaslt(blas)
+        return blas.dense_forward(x, w, b, out, code, slope, self._empty, self._workspace, False,
+                                  self._stream())
+
+    def dense_backward(self, dy, x, w, saved, code, slope, need_dx, dw_out, db_out, accumulate,
+                       dx_out, workspace):
+        blas = _cuda_blas_module()
+        args = (dy, x, w, saved, code, slope, need_dx, dw_out, db_out, accumulate, dx_out,
+                workspace)
+        if not blas.loaded():
+            blas.dense_backward(*args, None, None, True, 0)
+            _require_cublaslt(blas)
+        return blas.dense_backward(*args, self._empty, self._workspace, False, self._stream())
+
+
+# ---------------------------------------------------------------------------
+# cuBLASLt for the dense layers: _cuda_blas is imported at the first dense
+# call on GPU arrays, and opens libcublasLt from the nvidia-cublas wheel (the
+# "cuda" extra) or a CUDA installation
+# ---------------------------------------------------------------------------
+_CUBLASLT = "libcublasLt.so.13"
+_INSTALL_HINT = 'pip install "fusedtrain[cuda]"'
+
+
+def cublaslt_candidates() -> list:
+    """Where libcublasLt may be, in the order tried: the nvidia-cublas wheel
+    (CUDA 13 wheels keep their libraries in nvidia/cu13/lib; nvidia/cublas/lib
+    as the CUDA 12 wheels did), $CUDA_HOME / $CUDA_PATH, /usr/local/cuda, and
+    last '' -- the dynamic loader's own search (LD_LIBRARY_PATH, ldconfig)."""
+    paths = []
+    spec = importlib.util.find_spec("nvidia")
+    for base in (spec.submodule_search_locations or []) if spec is not None else []:
+        paths += [os.path.join(base, sub, "lib", _CUBLASLT) for sub in ("cu13", "cublas")]
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            paths.append(os.path.join(os.environ[env], "lib64", _CUBLASLT))
+    paths.append(os.path.join("/usr/local/cuda/lib64", _CUBLASLT))
+    return [p for p in paths if os.path.exists(p)] + [""]
+
+
+_cuda_blas = None
+_cublaslt_error = None  # why loading failed, once tried
+
+
+def _cuda_blas_module():
+    """The _cuda_blas module, imported (and cuBLASLt loaded) on first use."""
+    global _cuda_blas, _cublaslt_error
+    if _cuda_blas is None:
+        try:
+            from . import _cuda_blas as blas
+        except ImportError as exc:
+            raise RuntimeError(
+                "dense layers on the GPU need fusedtrain's _cuda_blas module, which is not "
+                f"available ({exc}); rebuild with nvcc on PATH "
+                "(-Ccmake.define.FUSEDTRAIN_CUDA=ON) or pass NumPy arrays") from None
+        _cublaslt_error = blas.load(cublaslt_candidates()) or None
+        _cuda_blas = blas
+    return _cuda_blas
+
+
+def _require_cublaslt(blas) -> None:
+    if not blas.loaded():
+        raise RuntimeError(
+            f"dense layers on the GPU need cuBLASLt ({_CUBLASLT}, from the nvidia-cublas "
+            f"wheel), which could not be loaded: {_cublaslt_error}. Install it with: "
+            f"{_INSTALL_HINT}")
 
 
 # ---------------------------------------------------------------------------
