@@ -183,3 +183,45 @@ def test_gpu_optimizer_on_torch_cuda_tensors():
         np.testing.assert_allclose(t.cpu().numpy(), p, rtol=1e-5, atol=1e-6)
     assert all(isinstance(b, torch.Tensor) for e in opt.state.values()
                for n, b in e.items() if n != "step")
+
+
+# ===========================================================================
+# the GPU benchmark's null kernel and its no-GPU exit
+# ===========================================================================
+@needs_cuda_module
+def test_null_step_checks_like_the_cpu_one():
+    cuda = backend._cuda
+    with pytest.raises(ValueError, match="written: expected 1 to 4 lists of arrays, received 0"):
+        cuda.null_step_([], [FakeGpuArray((3,))], 0)
+    with pytest.raises(ValueError, match=r"read\[0\]: expected shape \(3,\)"):
+        cuda.null_step_([[FakeGpuArray((3,))]], [FakeGpuArray((4,))], 0)
+    if not fusedtrain.cuda_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            cuda.null_step_([[FakeGpuArray((3,))]], [FakeGpuArray((3,))], 0)
+
+
+@pytest.mark.skipif(fusedtrain.cuda_available(), reason="a device is present")
+def test_gpu_benchmark_exits_cleanly_without_a_device():
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "gpu.py")
+    done = subprocess.run([sys.executable, script, "--quick"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "nothing to time" in done.stdout
+
+
+@needs_gpu
+def test_gpu_null_step_matches_numpy():
+    cp = _cupy()
+    rng = np.random.default_rng(5)
+    w = [rng.standard_normal(1001) for _ in range(3)]
+    x = rng.standard_normal(1001)
+    gw = [cp.asarray(a) for a in w]
+    backend._cuda.null_step_([[a] for a in gw], [cp.asarray(x)],
+                             cp.cuda.get_current_stream().ptr)
+    np.testing.assert_array_equal(cp.asnumpy(gw[0]), w[0] + x)
+    for a, b in zip(gw[1:], w[1:]):
+        np.testing.assert_array_equal(cp.asnumpy(a), b * 0.5 + x)

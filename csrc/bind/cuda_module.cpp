@@ -204,6 +204,20 @@ void bind_cuda_optim(py::module_& m) {
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("l1"),
       py::arg("maximize"), py::arg("dry_run"), py::arg("stream"),
       "Fused Adagrad step over lists of GPU arrays on `stream` (use fusedtrain.ops.adagrad_).");
+
+  m.def(
+      "null_step_",
+      [](py::handle written, py::handle read, uintptr_t stream) {
+        const std::vector<SlotArg> slots = null_step_slots(written, read);
+        const int nw = int(slots.size()) - 1;
+        const CheckedList c = check_lists(slots);
+        require_device();
+        py::gil_scoped_release nogil;
+        cuda::null_step(c.dl, c.dtype, int(nw), as_stream(stream));
+      },
+      py::arg("written"), py::arg("read"), py::arg("stream"),
+      "Benchmark memory ceiling on the GPU: the traffic of an optimizer step with trivial\n"
+      "math (as _core.null_step_). Each list in `written` is updated in place; `read` is read only.");
 }
 
 void bind_cuda_loss(py::module_& m);  // bind/cuda_loss_bind.cpp
