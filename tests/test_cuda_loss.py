@@ -426,3 +426,20 @@ def test_gpu_losses_run_on_the_current_stream():
         dy, mask = ops.dropout(x, 0.5, 1, 2)
     stream.synchronize()
     np.testing.assert_allclose(loss, want, rtol=1e-12)
+
+
+@needs_gpu
+def test_gpu_losses_on_torch_cuda_tensors():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("torch without CUDA")
+    x = rng_for("torch-ce").standard_normal((16, 5))
+    y = rng_for("torch-ce-y").integers(0, 5, 16)
+    want_loss, want_grad = reference.softmax_cross_entropy(x, y)
+    tx = torch.tensor(x, device="cuda", requires_grad=True)  # no __cuda_array_interface__
+    loss, grad = ops.softmax_cross_entropy(tx, torch.tensor(y, device="cuda"))
+    assert isinstance(grad, torch.Tensor) and grad.is_cuda
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    assert_close(grad.cpu().numpy(), want_grad, np.float64)
+    ym, mask = ops.dropout(tx, 0.5, 3, 4)
+    np.testing.assert_array_equal(mask.cpu().numpy(), ops.dropout(x, 0.5, 3, 4)[1])

@@ -62,6 +62,13 @@ def test_gpu_param_checks(array, exc, match):
         optim.Adam([array])
 
 
+def test_cpu_torch_tensors_are_not_gpu_arrays():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"\[0\]: expected a numpy.ndarray or a GPU array \(CuPy, "
+                                        r"torch CUDA tensor\), received Parameter"):
+        optim.Adam([torch.nn.Parameter(torch.zeros(3))])
+
+
 def test_contiguous_strides_are_accepted():
     optim.Adam([FakeGpuArray((3, 2), strides=(16, 8)), FakeGpuArray((1, 4), strides=(99, 8))])
 
@@ -173,14 +180,15 @@ def test_gpu_optimizer_on_torch_cuda_tensors():
     if not torch.cuda.is_available():
         pytest.skip("torch without CUDA")
     params, grads = _problem(np.float32, 3)
-    tp = [torch.tensor(p, device="cuda") for p in params]
+    # nn.Parameters (they require grad: torch gives them no __cuda_array_interface__)
+    tp = [torch.nn.Parameter(torch.tensor(p, device="cuda")) for p in params]
     opt = optim.Adam(tp, lr=0.01)
     ref = optim.Adam(params, lr=0.01)
     for g in grads:
         opt.step([torch.tensor(x, device="cuda") for x in g])
         ref.step(g)
     for t, p in zip(tp, params):
-        np.testing.assert_allclose(t.cpu().numpy(), p, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(t.detach().cpu().numpy(), p, rtol=1e-5, atol=1e-6)
     assert all(isinstance(b, torch.Tensor) for e in opt.state.values()
                for n, b in e.items() if n != "step")
 

@@ -100,7 +100,7 @@ def module_for(first) -> object:
     """
     if isinstance(first, np.ndarray):
         return _core
-    if hasattr(first, "__cuda_array_interface__"):
+    if _has_cai(first):
         if _cuda is None:
             raise RuntimeError(
                 "params[0] is a GPU array, but fusedtrain was built without CUDA "
@@ -141,27 +141,33 @@ class _CudaOps:
     positional argument as ``_core`` takes it (ending with ``dry_run``), the
     stream appended here. A dry run needs no stream and no device."""
 
-    __slots__ = ("_first",)
+    __slots__ = ("_first", "_torch")
 
     def __init__(self, first):
         self._first = first
+        self._torch = _is_torch(first)
 
     def _stream(self, dry_run) -> int:
         if dry_run or not _has_device():
             return 0  # nothing will be launched (_cuda raises without a device)
         return _current_stream(self._first)
 
+    def _call(self, kernel, args):
+        if self._torch:
+            args = _plain_lists(args)
+        return kernel(*args, self._stream(args[-1]))
+
     def adam_(self, *args):
-        return _cuda.adam_(*args, self._stream(args[-1]))
+        return self._call(_cuda.adam_, args)
 
     def sgd_(self, *args):
-        return _cuda.sgd_(*args, self._stream(args[-1]))
+        return self._call(_cuda.sgd_, args)
 
     def rmsprop_(self, *args):
-        return _cuda.rmsprop_(*args, self._stream(args[-1]))
+        return self._call(_cuda.rmsprop_, args)
 
     def adagrad_(self, *args):
-        return _cuda.adagrad_(*args, self._stream(args[-1]))
+        return self._call(_cuda.adagrad_, args)
 
 
 _device_present = None
@@ -191,7 +197,7 @@ def kernels_for(name: str, first) -> object:
     """
     if isinstance(first, np.ndarray):
         return _core
-    if hasattr(first, "__cuda_array_interface__"):
+    if _has_cai(first):
         if _cuda is None:
             raise RuntimeError(
                 f"{name} is a GPU array, but fusedtrain was built without CUDA "
@@ -205,6 +211,26 @@ def kernels_for(name: str, first) -> object:
 
 def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
+
+
+def _has_cai(x) -> bool:
+    """x is a GPU array. A torch CUDA tensor counts even when it requires
+    grad (torch then refuses it a __cuda_array_interface__: see _plain)."""
+    if _is_torch(x):
+        return bool(getattr(x, "is_cuda", False))
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def _plain(x):
+    """What the kernels are given: a torch tensor that requires grad (an
+    nn.Parameter) as ``x.detach()``, a view of the same memory that exposes
+    ``__cuda_array_interface__`` (so in-place updates reach the parameter);
+    anything else as it is."""
+    return x.detach() if _is_torch(x) and x.requires_grad else x
+
+
+def _plain_lists(args):
+    return [[_plain(a) for a in v] if isinstance(v, (list, tuple)) else _plain(v) for v in args]
 
 
 def _cupy_module():
@@ -284,26 +310,32 @@ class _CudaKernels:
 
     def softmax_cross_entropy(self, logits, labels, weight, out, ignore_index, label_smoothing,
                               reduction):
+        logits, labels, weight, out = map(_plain, (logits, labels, weight, out))
         return _cuda.softmax_cross_entropy(logits, labels, weight, out, ignore_index,
                                            label_smoothing, reduction, self._empty,
                                            self._workspace, False, self._stream())
 
     def bce_with_logits(self, logits, targets, reduction):
+        logits, targets = _plain(logits), _plain(targets)
         return _cuda.bce_with_logits(logits, targets, reduction, self._empty, self._workspace,
                                      False, self._stream())
 
     def mse(self, pred, target, reduction):
+        pred, target = _plain(pred), _plain(target)
         return _cuda.mse(pred, target, reduction, self._empty, self._workspace, False,
                          self._stream())
 
     def dropout(self, x, p, seed, offset, out, mask_out):
+        x, out, mask_out = map(_plain, (x, out, mask_out))
         return _cuda.dropout(x, p, seed, offset, out, mask_out, self._empty, False,
                              self._stream())
 
     def dropout_backward(self, dy, mask, p, out):
+        dy, mask, out = map(_plain, (dy, mask, out))
         return _cuda.dropout_backward(dy, mask, p, out, self._empty, False, self._stream())
 
     def dense_forward(self, x, w, b, out, code, slope):
+        x, w, b, out = map(_plain, (x, w, b, out))
         blas = _cuda_blas_module()
         if not blas.loaded():  # check the arguments, then say what is missing
             blas.dense_forward(x, w, b, out, code, slope, None, None, True, 0)
@@ -314,8 +346,8 @@ class _CudaKernels:
     def dense_backward(self, dy, x, w, saved, code, slope, need_dx, dw_out, db_out, accumulate,
                        dx_out, workspace):
         blas = _cuda_blas_module()
-        args = (dy, x, w, saved, code, slope, need_dx, dw_out, db_out, accumulate, dx_out,
-                workspace)
+        args = tuple(map(_plain, (dy, x, w, saved, code, slope, need_dx, dw_out, db_out,
+                                  accumulate, dx_out, workspace)))
         if not blas.loaded():
             blas.dense_backward(*args, None, None, True, 0)
             _require_cublaslt(blas)
@@ -383,18 +415,18 @@ _FLOAT_TYPESTRS = {"<f4": "float32", "<f8": "float64"}
 
 
 def is_gpu_array(x) -> bool:
-    return not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__")
+    return not isinstance(x, np.ndarray) and _has_cai(x)
 
 
 def is_array(x) -> bool:
     """A NumPy array or a GPU array (CuPy array, torch CUDA tensor)."""
-    return isinstance(x, np.ndarray) or hasattr(x, "__cuda_array_interface__")
+    return isinstance(x, np.ndarray) or _has_cai(x)
 
 
 def gpu_array_problem(x) -> str | None:
     """Why a GPU array cannot be a parameter (updated in place), or None:
     float32/float64, C-contiguous, writable -- read from its interface."""
-    cai = x.__cuda_array_interface__
+    cai = _plain(x).__cuda_array_interface__
     typestr = cai.get("typestr")
     if typestr not in _FLOAT_TYPESTRS:
         try:
