@@ -9,7 +9,9 @@
 
 #include <cub/block/block_reduce.cuh>
 
+#include <map>
 #include <mutex>
+#include <tuple>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -71,6 +73,27 @@ lt::Handle handle_for_current_device() {
   }
   return g_lt_handles[size_t(device)];
 }
+
+// The heuristic's choice per problem (it costs more than the rest of the
+// call's host work): keyed by everything the query sees. Bounded: cleared
+// when it reaches kMaxCachedPlans entries.
+struct AlgoKey {
+  int device, dtype, ta, tb;
+  int64_t m, n, k, lda, ldb, ldd;
+  uint32_t epilogue, align_a, align_b, align_d;
+  bool operator<(const AlgoKey& o) const {
+    return std::tie(device, dtype, ta, tb, m, n, k, lda, ldb, ldd, epilogue, align_a, align_b,
+                    align_d) < std::tie(o.device, o.dtype, o.ta, o.tb, o.m, o.n, o.k, o.lda,
+                                        o.ldb, o.ldd, o.epilogue, o.align_a, o.align_b, o.align_d);
+  }
+};
+struct AlgoChoice {
+  bool found;
+  lt::Algo algo;
+};
+constexpr size_t kMaxCachedPlans = 1024;
+std::mutex g_algo_mutex;
+std::map<AlgoKey, AlgoChoice> g_algo_cache;
 
 // RAII owners of the per-call descriptors (destroyed on every path)
 struct DescGuard {
@@ -231,6 +254,8 @@ uint32_t alignment_of(const void* p) {
   return k;
 }
 
+constexpr lt::Status kStatusNotSupported = 15;  // CUBLAS_STATUS_NOT_SUPPORTED
+
 template <typename T>
 cudaDataType_t data_type() {
   return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
@@ -277,10 +302,28 @@ bool lt_gemm(const GemmPlan& p, const void* A, const void* Bm, void* D, bool acc
   FT_LT_CHECK(L.pref_set(pref.p, lt::kPrefMinAlignmentB, &align_b, sizeof align_b));
   FT_LT_CHECK(L.pref_set(pref.p, lt::kPrefMinAlignmentC, &align_d, sizeof align_d));
   FT_LT_CHECK(L.pref_set(pref.p, lt::kPrefMinAlignmentD, &align_d, sizeof align_d));
+  int device = 0;
+  FT_CUDA_CHECK(cudaGetDevice(&device));
+  const AlgoKey key{device, int(dt), ta, tb, p.m, p.n, p.k, p.lda, p.ldb, p.ldd, epilogue,
+                    align_a, align_b, align_d};
   lt::HeuristicResult result{};
   int found = 0;
-  const lt::Status hs =
-      L.heuristic(h, desc.d, la.l, lb.l, ld.l, ld.l, pref.p, 1, &result, &found);
+  lt::Status hs = lt::kSuccess;
+  {
+    std::lock_guard<std::mutex> lock(g_algo_mutex);
+    const auto it = g_algo_cache.find(key);
+    if (it != g_algo_cache.end()) {
+      found = it->second.found ? 1 : 0;
+      result.algo = it->second.algo;
+    }
+    if (it == g_algo_cache.end()) {
+      hs = L.heuristic(h, desc.d, la.l, lb.l, ld.l, ld.l, pref.p, 1, &result, &found);
+      if (hs == lt::kSuccess || hs == kStatusNotSupported) {  // a definite answer: keep it
+        if (g_algo_cache.size() >= kMaxCachedPlans) g_algo_cache.clear();
+        g_algo_cache[key] = AlgoChoice{hs == lt::kSuccess && found > 0, result.algo};
+      }
+    }
+  }
   if (hs != lt::kSuccess || found == 0) {
     if (epilogue != lt::kEpilogueDefault) return false;  // the caller does the epilogue itself
     FT_LT_CHECK(hs);
