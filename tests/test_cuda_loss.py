@@ -273,6 +273,16 @@ def test_grid_covers_the_work_within_the_limit(work, per_block):
     assert grid == max(1, min(2**20, -(-work // per_block)))
 
 
+@needs_cuda_module
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
+                                   np.int64, np.uint64])
+def test_bad_label_text_is_the_value(dtype):
+    info = np.iinfo(dtype)
+    for v in {info.min, info.max, 0, 1, -1 if info.min < 0 else 2, info.max // 3}:
+        raw = np.array([v], dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+        assert backend._cuda.label_bytes_text(raw, info.min < 0) == str(int(v))
+
+
 # ===========================================================================
 # GPU: the kernels against the NumPy reference
 # ===========================================================================

@@ -317,6 +317,17 @@ void bind_cuda_loss(py::module_& m) {
   m.def("elementwise_workspace_bytes",
         [](int64_t n) { return cuda::elementwise_workspace_bytes(n); }, py::arg("n"),
         "Workspace bytes bce_with_logits / mse need for n elements.");
+  m.def(
+      "label_bytes_text",
+      [](py::bytes raw, bool is_signed) {
+        const std::string b = raw;
+        if (!(b.size() == 1 || b.size() == 2 || b.size() == 4 || b.size() == 8))
+          throw py::value_error("raw: expected 1, 2, 4 or 8 bytes");
+        return cuda::label_bytes_text(reinterpret_cast<const unsigned char*>(b.data()),
+                                      int(b.size()), is_signed);
+      },
+      py::arg("raw"), py::arg("is_signed"),
+      "A bad label's bytes as the error message prints them (for the host tests).");
   m.def("grid_for", [](int64_t work, int64_t per_block) { return cuda::grid_for(work, per_block); },
         py::arg("work"), py::arg("per_block"),
         "Blocks of a grid-stride launch over `work` items, `per_block` per block per sweep.");

@@ -433,12 +433,7 @@ std::string label_text(const LabelDesc& labels, int64_t row, void* stream) {
   FT_CUDA_CHECK(cudaMemcpyAsync(raw, static_cast<const char*>(labels.data) + row * labels.itemsize,
                                 size_t(labels.itemsize), cudaMemcpyDeviceToHost, st));
   FT_CUDA_CHECK(cudaStreamSynchronize(st));
-  // little-endian bytes to a 64-bit value, sign-extended for signed labels
-  uint64_t u = 0;
-  for (int k = labels.itemsize - 1; k >= 0; --k) u = (u << 8) | raw[k];
-  const int bits = 8 * labels.itemsize;
-  if (labels.is_signed && bits < 64 && (u >> (bits - 1)) != 0) u |= ~uint64_t(0) << bits;
-  return labels.is_signed ? std::to_string(int64_t(u)) : std::to_string(u);
+  return label_bytes_text(raw, labels.itemsize, labels.is_signed);
 }
 
 void dropout(const void* x, void* y, uint8_t* mask, int64_t n, double p, uint64_t seed,

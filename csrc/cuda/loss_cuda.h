@@ -84,6 +84,15 @@ LossResult bce_with_logits(const void* x, const void* t, void* grad, void* loss,
 LossResult mse(const void* pred, const void* target, void* grad, void* loss, int64_t n,
                Reduction r, DType dt, void* workspace, void* stream);
 
+// A label's little-endian bytes as decimal text (sign-extended when signed).
+inline std::string label_bytes_text(const unsigned char* raw, int itemsize, bool is_signed) {
+  uint64_t u = 0;
+  for (int k = itemsize - 1; k >= 0; --k) u = (u << 8) | raw[k];
+  const int bits = 8 * itemsize;
+  if (is_signed && bits < 64 && (u >> (bits - 1)) != 0) u |= ~uint64_t(0) << bits;
+  return is_signed ? std::to_string(int64_t(u)) : std::to_string(u);
+}
+
 // Reads label `row` back (after a failed check, for the message), as text.
 std::string label_text(const LabelDesc& labels, int64_t row, void* stream);
 

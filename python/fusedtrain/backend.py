@@ -68,12 +68,16 @@ def build_info() -> dict:
 
     Keys: ``version``, ``simd`` (the SIMD level the kernels dispatch to on this
     CPU: ``avx512f``, ``avx2`` or ``baseline``), ``num_threads``, ``openmp``
-    (the OpenMP version date), ``compiler``, ``cuda_built``,
+    (the OpenMP version date), ``compiler``, ``cuda_built``, ``cuda_blas_built``
+    (the dense layers' module on cuBLASLt),
     ``cuda_available`` and ``cuda_status`` (the device query's result).
     """
     info = {"version": __version__}
     info.update(_core.build_info())
     info["cuda_built"] = _cuda is not None
+    # the dense layers' module, found without importing it (it opens cuBLASLt
+    # only at the first dense call on the GPU)
+    info["cuda_blas_built"] = importlib.util.find_spec("fusedtrain._cuda_blas") is not None
     info["cuda_available"] = cuda_available()
     if _cuda is not None:
         info["cuda_status"] = dict(_cuda.status())
