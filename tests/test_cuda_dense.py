@@ -62,6 +62,20 @@ def test_cuda_blas_module_is_built_and_imports_without_cublas():
     assert isinstance(_cuda_blas.loaded(), bool)
 
 
+def test_import_does_not_load_the_dense_module():
+    import subprocess
+
+    code = ("import sys, numpy as np, fusedtrain\n"
+            "from fusedtrain import ops\n"
+            "fusedtrain.build_info()\n"
+            "ops.dense_forward(np.ones((2, 3)), np.ones((3, 4)))\n"
+            "print('_cuda_blas' in ' '.join(sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
 @needs_blas_module
 def test_load_reports_every_candidate():
     if _cuda_blas.loaded():
