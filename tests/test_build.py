@@ -21,7 +21,8 @@ def test_build_info_keys_and_types():
     expected = {"version": str, "simd": str, "num_threads": int, "flush_denormal": bool,
                 "openmp": int, "compiler": str,
                 "blas": str, "blas_threads": int,
-                "cuda_built": bool, "cuda_available": bool, "cuda_status": dict}
+                "cuda_built": bool, "cuda_blas_built": bool, "cuda_available": bool,
+                "cuda_status": dict}
     assert set(info) == set(expected)
     for key, typ in expected.items():
         assert type(info[key]) is typ, key
@@ -44,6 +45,7 @@ def test_build_info_is_fresh_per_call(restore_threads):
 def test_cuda_module_built_when_nvcc_is_on_path():
     info = fusedtrain.build_info()
     assert info["cuda_built"] is True
+    assert info["cuda_blas_built"] is True
     cuda = importlib.import_module("fusedtrain._cuda")
     status = info["cuda_status"]
     assert set(status) >= {"device_count", "error", "message", "runtime_version"}

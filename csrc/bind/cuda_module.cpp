@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bind/cuda_arrays.h"
 #include "bind/list_args.h"
 #include "cuda/optim_cuda.h"
 #include "cuda/runtime.h"
@@ -27,19 +28,6 @@ namespace fusedtrain {
 namespace bind __attribute__((visibility("hidden"))) {
 
 namespace {
-
-constexpr int kMaxDims = 64;  // NumPy 2's limit
-
-// The parts of one __cuda_array_interface__ the kernels depend on.
-struct DevArray {
-  uintptr_t ptr = 0;
-  bool readonly = false;
-  int ndim = 0;
-  int64_t shape[kMaxDims];
-  int64_t numel = 1;
-  std::string typestr;
-  bool contiguous = true;
-};
 
 // Per-thread tables reused across calls (no allocation in steady state).
 struct Scratch {
@@ -57,129 +45,6 @@ struct CheckedList {
   cuda::DType dtype;
 };
 
-
-std::string type_name(py::handle h) {
-  py::handle t = py::type::handle_of(h);
-  const std::string mod = py::str(t.attr("__module__"));
-  const std::string name = py::str(t.attr("__qualname__"));
-  return mod == "builtins" ? name : mod + "." + name;
-}
-
-std::string shape_str(const DevArray& a) {
-  std::string out = "(";
-  for (int d = 0; d < a.ndim; ++d) {
-    out += std::to_string(a.shape[d]);
-    out += a.ndim == 1 ? "," : (d + 1 < a.ndim ? ", " : "");
-  }
-  return out + ")";
-}
-
-// '<f4' -> float32 as NumPy names it; the raw typestr when NumPy cannot parse it.
-std::string dtype_name(const std::string& typestr) {
-  if (typestr == "<f4") return "float32";
-  if (typestr == "<f8") return "float64";
-  try {
-    return py::str(py::module_::import("numpy").attr("dtype")(typestr));
-  } catch (py::error_already_set&) {
-    return "'" + typestr + "'";
-  }
-}
-
-int64_t itemsize_of(const std::string& typestr) {
-  return typestr == "<f4" ? 4 : typestr == "<f8" ? 8 : 0;
-}
-
-
-[[noreturn]] void malformed(const std::string& name, const py::handle cai) {
-  throw py::type_error(name +
-                       ": expected a __cuda_array_interface__ dict with 'data': (ptr, readonly), "
-                       "'shape', 'typestr' and optional 'strides', received " +
-                       std::string(py::repr(cai)).substr(0, 200));
-}
-
-bool as_int64(PyObject* o, int64_t& out) {
-  if (!PyLong_Check(o)) return false;
-  const long long v = PyLong_AsLongLong(o);
-  if (v == -1 && PyErr_Occurred()) {
-    PyErr_Clear();
-    return false;
-  }
-  out = v;
-  return true;
-}
-
-// Reads h.__cuda_array_interface__ into `a`. Raises TypeError naming `name`
-// when h has none (`expected` says what was expected) or it is malformed.
-void parse(const std::string& name, py::handle h, const std::string& expected, DevArray& a) {
-  PyObject* raw = PyObject_GetAttrString(h.ptr(), "__cuda_array_interface__");
-  if (raw == nullptr) {
-    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) throw py::error_already_set();
-    PyErr_Clear();
-    throw py::type_error(name + ": expected " + expected + ", received " + type_name(h));
-  }
-  const py::object cai = py::reinterpret_steal<py::object>(raw);
-  if (!PyDict_Check(cai.ptr())) malformed(name, cai);
-  PyObject* data = PyDict_GetItemString(cai.ptr(), "data");
-  PyObject* shape = PyDict_GetItemString(cai.ptr(), "shape");
-  PyObject* typestr = PyDict_GetItemString(cai.ptr(), "typestr");
-  PyObject* strides = PyDict_GetItemString(cai.ptr(), "strides");
-  PyObject* mask = PyDict_GetItemString(cai.ptr(), "mask");
-  if (data == nullptr || shape == nullptr || typestr == nullptr || !PyTuple_Check(data) ||
-      PyTuple_GET_SIZE(data) != 2 || !PyTuple_Check(shape) || !PyUnicode_Check(typestr) ||
-      (strides != nullptr && strides != Py_None && !PyTuple_Check(strides)))
-    malformed(name, cai);
-  if (mask != nullptr && mask != Py_None)
-    throw py::value_error(name + ": expected an array without a mask, received a masked array");
-
-  int64_t ptr = 0;
-  if (!as_int64(PyTuple_GET_ITEM(data, 0), ptr) || ptr < 0) malformed(name, cai);
-  const int ro = PyObject_IsTrue(PyTuple_GET_ITEM(data, 1));
-  if (ro < 0) throw py::error_already_set();
-  a.ptr = uintptr_t(ptr);
-  a.readonly = ro != 0;
-
-  const py::ssize_t ndim = PyTuple_GET_SIZE(shape);
-  if (ndim > kMaxDims) malformed(name, cai);
-  a.ndim = int(ndim);
-  a.numel = 1;
-  bool overflow = false;
-  for (int d = 0; d < a.ndim; ++d) {
-    if (!as_int64(PyTuple_GET_ITEM(shape, d), a.shape[d]) || a.shape[d] < 0) malformed(name, cai);
-    overflow = overflow || __builtin_mul_overflow(a.numel, a.shape[d], &a.numel);
-  }
-  for (int d = 0; d < a.ndim; ++d)
-    if (a.shape[d] == 0) a.numel = 0, overflow = false;
-  if (overflow) malformed(name, cai);
-
-  Py_ssize_t len = 0;
-  const char* ts = PyUnicode_AsUTF8AndSize(typestr, &len);
-  if (ts == nullptr) throw py::error_already_set();
-  a.typestr.assign(ts, size_t(len));
-
-  // C-contiguous as NumPy defines it: strides of extent-1 axes and of empty
-  // arrays do not matter.
-  a.contiguous = true;
-  if (strides != nullptr && strides != Py_None) {
-    if (PyTuple_GET_SIZE(strides) != ndim) malformed(name, cai);
-    int64_t expect = std::max<int64_t>(itemsize_of(a.typestr), 1);
-    for (int d = a.ndim - 1; d >= 0; --d) {
-      int64_t st = 0;
-      if (!as_int64(PyTuple_GET_ITEM(strides, d), st)) malformed(name, cai);
-      if (a.shape[d] != 1 && st != expect) a.contiguous = false;
-      expect *= a.shape[d];
-    }
-    if (a.numel == 0) a.contiguous = true;
-  }
-}
-
-bool same_shape(const DevArray& a, const DevArray& b) {
-  return a.ndim == b.ndim && std::equal(a.shape, a.shape + a.ndim, b.shape);
-}
-
-bool has_device() {
-  static const bool yes = cuda::query_devices().count > 0;
-  return yes;
-}
 
 // Checks every slot as bind/tensor_list.cpp checks NumPy lists (same
 // messages): a non-empty list/tuple per slot, all of one length, of
@@ -245,20 +110,8 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
     const int device = cuda::current_device();
     for (py::ssize_t i = 0; i < n; ++i) {
       if (sc.numel[size_t(i)] == 0) continue;
-      for (int k = 0; k < nslots; ++k) {
-        const cuda::PointerQuery q = cuda::query_pointer(sc.ptr[size_t(i) * nslots + k]);
-        const std::string name = item_name(slots[k], i);
-        if (q.error != 0)
-          throw py::value_error(name + ": expected GPU memory, cudaPointerGetAttributes failed: " +
-                                q.message);
-        if (!q.device_memory)
-          throw py::value_error(name + ": expected GPU memory (device or managed), received "
-                                       "host or unregistered memory");
-        if (q.device != device)
-          throw py::value_error(name + ": expected an array on the current CUDA device " +
-                                std::to_string(device) + ", received an array on device " +
-                                std::to_string(q.device));
-      }
+      for (int k = 0; k < nslots; ++k)
+        check_device_memory(item_name(slots[k], i), sc.ptr[size_t(i) * nslots + k], device);
     }
   }
 
@@ -269,16 +122,6 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
   out.dl.numel = sc.numel.data();
   out.dtype = typestr == "<f4" ? cuda::DType::F32 : cuda::DType::F64;
   return out;
-}
-
-// Called after the checks, before a launch: a clear error without a device.
-void require_device() {
-  if (has_device()) return;
-  const auto q = cuda::query_devices();
-  throw std::runtime_error(
-      "fusedtrain._cuda: no CUDA device is available (" +
-      (q.message.empty() ? std::string("no device found") : q.message) +
-      "); pass NumPy arrays to run on the CPU");
 }
 
 void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
@@ -361,7 +204,23 @@ void bind_cuda_optim(py::module_& m) {
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("l1"),
       py::arg("maximize"), py::arg("dry_run"), py::arg("stream"),
       "Fused Adagrad step over lists of GPU arrays on `stream` (use fusedtrain.ops.adagrad_).");
+
+  m.def(
+      "null_step_",
+      [](py::handle written, py::handle read, uintptr_t stream) {
+        const std::vector<SlotArg> slots = null_step_slots(written, read);
+        const int nw = int(slots.size()) - 1;
+        const CheckedList c = check_lists(slots);
+        require_device();
+        py::gil_scoped_release nogil;
+        cuda::null_step(c.dl, c.dtype, int(nw), as_stream(stream));
+      },
+      py::arg("written"), py::arg("read"), py::arg("stream"),
+      "Benchmark memory ceiling on the GPU: the traffic of an optimizer step with trivial\n"
+      "math (as _core.null_step_). Each list in `written` is updated in place; `read` is read only.");
 }
+
+void bind_cuda_loss(py::module_& m);  // bind/cuda_loss_bind.cpp
 
 }  // namespace bind
 }  // namespace fusedtrain
@@ -387,4 +246,5 @@ PYBIND11_MODULE(_cuda, m) {
       },
       "Result of the device query: count, CUDA error code and message, runtime version.");
   fusedtrain::bind::bind_cuda_optim(m);
+  fusedtrain::bind::bind_cuda_loss(m);
 }

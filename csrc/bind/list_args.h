@@ -86,6 +86,19 @@ inline std::vector<SlotArg> adagrad_slots(py::handle params, py::handle grads,
   return {{"params", params, true}, {"grads", grads, false}, {"state_sum", state_sum, true}};
 }
 
+// The benchmarks' null step: 1 to 4 written lists, then one read-only list.
+inline std::vector<SlotArg> null_step_slots(py::handle written, py::handle read) {
+  const py::ssize_t nw = py::len(written);
+  if (nw < 1 || nw > 4)
+    throw py::value_error("written: expected 1 to 4 lists of arrays, received " +
+                          std::to_string(nw));
+  static const char* names[] = {"written[0]", "written[1]", "written[2]", "written[3]"};
+  std::vector<SlotArg> slots;
+  for (py::ssize_t k = 0; k < nw; ++k) slots.push_back({names[k], written[py::int_(k)], true});
+  slots.push_back({"read", read, false});
+  return slots;
+}
+
 // The bytes [begin, end) of buffer `index` of slot `slot`.
 struct Interval {
   uintptr_t begin, end;

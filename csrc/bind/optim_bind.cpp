@@ -72,14 +72,8 @@ void bind_optim(py::module_& m) {
   m.def(
       "null_step_",
       [](py::handle written, py::handle read) {
-        const py::ssize_t nw = py::len(written);
-        if (nw < 1 || nw > 4)
-          throw py::value_error("written: expected 1 to 4 lists of arrays, received " +
-                                std::to_string(nw));
-        static const char* names[] = {"written[0]", "written[1]", "written[2]", "written[3]"};
-        std::vector<SlotArg> slots;
-        for (py::ssize_t k = 0; k < nw; ++k) slots.push_back({names[k], written[py::int_(k)], true});
-        slots.push_back({"read", read, false});
+        const std::vector<SlotArg> slots = null_step_slots(written, read);
+        const int nw = int(slots.size()) - 1;
         const CheckedList c = check_lists(slots);
         py::gil_scoped_release nogil;
         cpu::null_step(c.tl, c.dtype, int(nw));

@@ -364,17 +364,6 @@ double ce_typed(const CeArgs& a, const int64_t* index, double denom) {
 // element-wise losses: one block of at most kReduceBlock elements
 // (PerElem: loss written per element; otherwise the block's sum returned)
 // ---------------------------------------------------------------------------
-enum class Elementwise { Bce, Mse };
-
-template <Elementwise K, typename T>
-FT_HD void elementwise_loss(T a, T b, T scale, T& loss, T& grad) {
-  if constexpr (K == Elementwise::Bce) {
-    bce_with_logits_elem(a, b, scale, loss, grad);
-  } else {
-    mse_elem(a, b, scale, loss, grad);
-  }
-}
-
 template <Elementwise K, bool PerElem, typename T>
 FT_CLONES_FMA double elementwise_block(const T* __restrict a, const T* __restrict b,
                                    T* __restrict grad, T* __restrict loss, int64_t n,
@@ -396,9 +385,7 @@ double elementwise_typed(const void* a_, const void* b_, void* grad_, void* loss
   const T* b = at<T>(b_);
   T* grad = at<T>(grad_);
   T* loss = at<T>(loss_);
-  // gradient scale: BCE 1 / n or 1, MSE 2 / n or 2 (computed in double, rounded once)
-  const double base = K == Elementwise::Bce ? 1.0 : 2.0;
-  const T scale = T(r == Reduction::Mean ? base / double(n) : base);
+  const T scale = elementwise_grad_scale<K, T>(r, n);
   const int64_t nblocks = (n + kReduceBlock - 1) / kReduceBlock;
   const int nt = threads_for(n);
   if (r == Reduction::None) {

@@ -5,6 +5,8 @@
 // host in double; nvcc runs with --fmad=false, so the GPU rounds as the CPU.
 #include <cuda_runtime.h>
 
+#include <stdexcept>
+
 #include "cuda/multi_tensor.cuh"
 #include "cuda/optim_cuda.h"
 #include "fusedtrain/optim_math.h"
@@ -90,6 +92,23 @@ struct AdagradOp {
   }
 };
 
+// The null op of the benchmarks: the memory traffic of an optimizer with
+// D - 1 updated buffers and one read-only one (the last), and trivial math.
+template <typename T, int D>
+struct NullOp {
+  using value_type = T;
+  static constexpr int kDepth = D;
+  __host__ __device__ static constexpr bool reads(int) { return true; }
+  __host__ __device__ static constexpr bool writes(int k) { return k < D - 1; }
+
+  __host__ __device__ void operator()(T (&x)[kDepth]) const {
+    const T g = x[D - 1];
+    x[0] = x[0] + g;
+#pragma unroll
+    for (int k = 1; k < D - 1; ++k) x[k] = x[k] * T(0.5) + g;
+  }
+};
+
 // ---------------------------------------------------------------------------
 // kernel launchers: pick the variant once (as the CPU drivers do), then one
 // multi-tensor launch sequence over the list
@@ -131,7 +150,22 @@ void adagrad_typed(const DeviceList& dl, const AdagradHyper& h, int64_t step, vo
   run(dl, AdagradOp<T>{make_adagrad_scalars<T>(h, step)}, stream);
 }
 
+template <typename T>
+void null_typed(const DeviceList& dl, int n_rw, void* stream) {
+  switch (n_rw) {
+    case 1: return run(dl, NullOp<T, 2>{}, stream);
+    case 2: return run(dl, NullOp<T, 3>{}, stream);
+    case 3: return run(dl, NullOp<T, 4>{}, stream);
+    case 4: return run(dl, NullOp<T, 5>{}, stream);
+    default: throw std::invalid_argument("null_step: 1 to 4 written lists");
+  }
+}
+
 }  // namespace
+
+void null_step(const DeviceList& dl, DType dt, int n_rw, void* stream) {
+  dt == DType::F32 ? null_typed<float>(dl, n_rw, stream) : null_typed<double>(dl, n_rw, stream);
+}
 
 void adam_step(const DeviceList& dl, DType dt, const AdamHyper& h, int64_t step, void* stream) {
   dt == DType::F32 ? adam_typed<float>(dl, h, step, stream)

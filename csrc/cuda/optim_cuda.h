@@ -39,4 +39,9 @@ void rmsprop_step(const DeviceList& dl, DType dt, const RmspropHyper& h, void* s
 void adagrad_step(const DeviceList& dl, DType dt, const AdagradHyper& h, int64_t step,
                   void* stream);
 
+// Benchmark memory ceiling: the traffic of an optimizer step with trivial
+// math. Slots 0 .. n_rw - 1 are read and written (w0 += x, w_k = w_k / 2 + x),
+// slot n_rw (x) is read only; dl.slots = n_rw + 1, n_rw in [1, 4].
+void null_step(const DeviceList& dl, DType dt, int n_rw, void* stream);
+
 }  // namespace fusedtrain::cuda

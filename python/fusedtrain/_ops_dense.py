@@ -1,17 +1,16 @@
 """Dense layer kernels: y = act(x @ w + b) and its backward pass.
 
-The GEMMs come from OpenBLAS; the bias, the activation and (backward) the
-activation derivative and the bias-gradient column sums are fused into single
-passes around them.
+The GEMMs come from OpenBLAS (NumPy arrays) or cuBLASLt (CuPy arrays, torch
+CUDA tensors; cuBLASLt comes from the optional nvidia-cublas wheel,
+``pip install "fusedtrain[cuda]"``); the bias, the activation and (backward)
+the activation derivative and the bias-gradient column sums are fused into
+single passes around them (into cuBLASLt's own epilogue where it has one).
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import _validate as V
-from ._core import dense_backward as _dense_backward
-from ._core import dense_forward as _dense_forward
+from .backend import kernels_for
 
 __all__ = ["dense_forward", "dense_backward", "ACTIVATIONS"]
 
@@ -58,7 +57,7 @@ def dense_forward(x, w, b=None, activation="identity", out=None, **act_kwargs):
     (row-wise).
     """
     code, slope = _act_kwargs(activation, act_kwargs)
-    y, z = _dense_forward(x, w, b, out, code, slope)
+    y, z = kernels_for("x", x).dense_forward(x, w, b, out, code, slope)
     if code == _IDENTITY:
         return y, None
     return y, (z if z is not None else y)
@@ -77,5 +76,6 @@ def dense_backward(dy, x, w, saved, activation="identity", need_dx=True, dw_out=
     across batches, nothing is allocated per call when all are given).
     """
     code, slope = _act_kwargs(activation, act_kwargs)
-    return _dense_backward(dy, x, w, saved, code, slope, V.flag("need_dx", need_dx), dw_out,
-                           db_out, V.flag("accumulate", accumulate), dx_out, workspace)
+    return kernels_for("dy", dy).dense_backward(
+        dy, x, w, saved, code, slope, V.flag("need_dx", need_dx), dw_out, db_out,
+        V.flag("accumulate", accumulate), dx_out, workspace)

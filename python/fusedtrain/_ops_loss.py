@@ -1,10 +1,17 @@
 """Loss and dropout kernels: forward and backward fused in one call.
 
 Every function takes NumPy arrays (float32 or float64, C-contiguous; nothing
-is converted) and returns ``(loss, gradient)``: ``loss`` is a Python float
+is converted) -- or GPU arrays (CuPy, torch CUDA tensors: the CUDA kernels,
+on the caller's current stream, results on the same device) -- and returns
+``(loss, gradient)``: ``loss`` is a Python float
 for ``reduction="mean"`` or ``"sum"`` and an array for ``"none"``, and the
 gradient is that of the returned loss (for ``"none"``, of its sum).
-Semantics follow ``torch.nn.functional``. Element math runs in the input
+Semantics follow ``torch.nn.functional``. On the GPU the losses wait for the
+caller's stream (one 32-byte read-back) to return the loss as a float and to
+raise on a bad label having written nothing, as on the CPU; dropout never
+waits. Missing outputs are allocated on the input's device (CuPy arrays, or
+torch tensors for torch input); reduction scratch is cached per device and
+stream. Element math runs in the input
 dtype; ``mean`` / ``sum`` are accumulated in double over fixed blocks summed
 in a fixed order, so results do not depend on the thread count. Options are
 checked here, arrays in the compiled module; a call that raises has written
@@ -17,10 +24,8 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
-
-from . import _core
 from . import _validate as V
+from .backend import kernels_for
 
 __all__ = ["softmax_cross_entropy", "bce_with_logits", "mse", "dropout", "dropout_backward"]
 
@@ -44,11 +49,10 @@ def _integer(name: str, value, low: int, high: int) -> int:
 
 
 def _module(name: str, x):
-    """The compiled module that runs kernels on arrays like ``x``."""
-    if isinstance(x, np.ndarray):
-        return _core
-    raise TypeError(f"{name}: expected a numpy.ndarray, received "
-                    f"{type(x).__module__}.{type(x).__name__}")
+    """The compiled module that runs kernels on arrays like ``x``: ``_core``
+    for NumPy, ``_cuda`` (through backend's adapter) for CuPy arrays and
+    torch CUDA tensors."""
+    return kernels_for(name, x)
 
 
 def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, label_smoothing=0.0,

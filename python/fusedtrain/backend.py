@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import numpy as np
 
 from . import _core
@@ -65,12 +68,16 @@ def build_info() -> dict:
 
     Keys: ``version``, ``simd`` (the SIMD level the kernels dispatch to on this
     CPU: ``avx512f``, ``avx2`` or ``baseline``), ``num_threads``, ``openmp``
-    (the OpenMP version date), ``compiler``, ``cuda_built``,
+    (the OpenMP version date), ``compiler``, ``cuda_built``, ``cuda_blas_built``
+    (the dense layers' module on cuBLASLt),
     ``cuda_available`` and ``cuda_status`` (the device query's result).
     """
     info = {"version": __version__}
     info.update(_core.build_info())
     info["cuda_built"] = _cuda is not None
+    # the dense layers' module, found without importing it (it opens cuBLASLt
+    # only at the first dense call on the GPU)
+    info["cuda_blas_built"] = importlib.util.find_spec("fusedtrain._cuda_blas") is not None
     info["cuda_available"] = cuda_available()
     if _cuda is not None:
         info["cuda_status"] = dict(_cuda.status())
@@ -97,7 +104,7 @@ def module_for(first) -> object:
     """
     if isinstance(first, np.ndarray):
         return _core
-    if hasattr(first, "__cuda_array_interface__"):
+    if _has_cai(first):
         if _cuda is None:
             raise RuntimeError(
                 "params[0] is a GPU array, but fusedtrain was built without CUDA "
@@ -138,27 +145,33 @@ class _CudaOps:
     positional argument as ``_core`` takes it (ending with ``dry_run``), the
     stream appended here. A dry run needs no stream and no device."""
 
-    __slots__ = ("_first",)
+    __slots__ = ("_first", "_torch")
 
     def __init__(self, first):
         self._first = first
+        self._torch = _is_torch(first)
 
     def _stream(self, dry_run) -> int:
         if dry_run or not _has_device():
             return 0  # nothing will be launched (_cuda raises without a device)
         return _current_stream(self._first)
 
+    def _call(self, kernel, args):
+        if self._torch:
+            args = _plain_lists(args)
+        return kernel(*args, self._stream(args[-1]))
+
     def adam_(self, *args):
-        return _cuda.adam_(*args, self._stream(args[-1]))
+        return self._call(_cuda.adam_, args)
 
     def sgd_(self, *args):
-        return _cuda.sgd_(*args, self._stream(args[-1]))
+        return self._call(_cuda.sgd_, args)
 
     def rmsprop_(self, *args):
-        return _cuda.rmsprop_(*args, self._stream(args[-1]))
+        return self._call(_cuda.rmsprop_, args)
 
     def adagrad_(self, *args):
-        return _cuda.adagrad_(*args, self._stream(args[-1]))
+        return self._call(_cuda.adagrad_, args)
 
 
 _device_present = None
@@ -169,3 +182,319 @@ def _has_device() -> bool:
     if _device_present is None:
         _device_present = cuda_available()
     return _device_present
+
+
+# ---------------------------------------------------------------------------
+# single-array kernels (losses, dropout, dense): dispatch on the first array
+# ---------------------------------------------------------------------------
+def kernels_for(name: str, first) -> object:
+    """What runs a loss, dropout or dense kernel on arrays like ``first``
+    (the argument called ``name``): ``_core`` for a ``numpy.ndarray``, a
+    :class:`_CudaKernels` adapter with the same method names for an object
+    with ``__cuda_array_interface__`` (CuPy array, torch CUDA tensor).
+
+    The other arrays of the call are checked by the module that runs it,
+    with the CPU path's messages, before anything runs: a NumPy array in a
+    GPU call raises TypeError ("labels: expected a GPU array like logits,
+    received numpy.ndarray"), and a GPU array in a NumPy call raises
+    TypeError from ``_core`` ("expected a numpy.ndarray").
+    """
+    if isinstance(first, np.ndarray):
+        return _core
+    if _has_cai(first):
+        if _cuda is None:
+            raise RuntimeError(
+                f"{name} is a GPU array, but fusedtrain was built without CUDA "
+                f"({_cuda_import_error or 'no CUDA compiler at build time'}); rebuild with nvcc "
+                "on PATH (-Ccmake.define.FUSEDTRAIN_CUDA=ON) or pass NumPy arrays")
+        return _CudaKernels(first)
+    raise TypeError(
+        f"{name}: expected a numpy.ndarray or a GPU array (an object with "
+        f"__cuda_array_interface__), received {type(first).__module__}.{type(first).__name__}")
+
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _has_cai(x) -> bool:
+    """x is a GPU array. A torch CUDA tensor counts even when it requires
+    grad (torch then refuses it a __cuda_array_interface__: see _plain)."""
+    if _is_torch(x):
+        return bool(getattr(x, "is_cuda", False))
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def _plain(x):
+    """What the kernels are given: a torch tensor that requires grad (an
+    nn.Parameter) as ``x.detach()``, a view of the same memory that exposes
+    ``__cuda_array_interface__`` (so in-place updates reach the parameter);
+    anything else as it is."""
+    return x.detach() if _is_torch(x) and x.requires_grad else x
+
+
+def _plain_lists(args):
+    return [[_plain(a) for a in v] if isinstance(v, (list, tuple)) else _plain(v) for v in args]
+
+
+def _cupy_module():
+    global _cupy
+    if _cupy is None:
+        try:
+            import cupy
+        except Exception:
+            cupy = False
+        _cupy = cupy
+    if _cupy is False:
+        raise RuntimeError("fusedtrain needs CuPy to allocate GPU outputs: "
+                           'pip install "fusedtrain[cuda]" (or cupy-cuda13x)')
+    return _cupy
+
+
+def _device_id(x) -> int:
+    """The CUDA device of a CuPy array or torch tensor; CuPy's current device
+    for other GPU arrays."""
+    if _is_torch(x):
+        return int(x.device.index)
+    dev = getattr(x, "device", None)
+    if dev is not None and hasattr(dev, "id"):
+        return int(dev.id)
+    return int(_cupy_module().cuda.runtime.getDevice())
+
+
+# Reduction scratch, one buffer per (library, device, stream), grown by
+# doubling: a loss call in a training loop allocates nothing after the first.
+# Calls on one stream are ordered, so they can share it; the losses wait for
+# their stream before they return, so the buffer is free again by then.
+_workspaces: dict = {}
+
+
+class _CudaKernels:
+    """``_cuda``'s loss, dropout and dense kernels under ``_core``'s
+    signatures: this adapter adds the allocator of missing outputs (CuPy, or
+    torch for torch tensors, on the first array's device), the cached
+    reduction workspace and the caller's current stream. Without a device the
+    call still checks every argument, then raises RuntimeError."""
+
+    __slots__ = ("_first", "_stream_handle")
+
+    def __init__(self, first):
+        self._first = first
+        self._stream_handle = None
+
+    def _stream(self) -> int:
+        if not _has_device():
+            return 0  # nothing will be launched (_cuda raises after the checks)
+        if self._stream_handle is None:
+            self._stream_handle = _current_stream(self._first)
+        return self._stream_handle
+
+    def _empty(self, shape, typestr):
+        dtype = np.dtype(typestr)
+        if _is_torch(self._first):
+            import torch
+
+            tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+                   np.dtype(np.bool_): torch.bool, np.dtype(np.uint8): torch.uint8}[dtype]
+            return torch.empty(tuple(shape), dtype=tdt, device=self._first.device)
+        cp = _cupy_module()
+        with cp.cuda.Device(_device_id(self._first)):
+            return cp.empty(tuple(shape), dtype=dtype)
+
+    def _workspace(self, nbytes):
+        key = (_is_torch(self._first), _device_id(self._first), self._stream())
+        buf = _workspaces.get(key)
+        if buf is None or buf.__cuda_array_interface__["shape"][0] < nbytes:
+            size = max(int(nbytes), 4096)
+            if buf is not None:
+                size = max(size, 2 * buf.__cuda_array_interface__["shape"][0])
+            buf = self._empty((size,), "|u1")
+            _workspaces[key] = buf
+        return buf
+
+    def softmax_cross_entropy(self, logits, labels, weight, out, ignore_index, label_smoothing,
+                              reduction):
+        logits, labels, weight, out = map(_plain, (logits, labels, weight, out))
+        return _cuda.softmax_cross_entropy(logits, labels, weight, out, ignore_index,
+                                           label_smoothing, reduction, self._empty,
+                                           self._workspace, False, self._stream())
+
+    def bce_with_logits(self, logits, targets, reduction):
+        logits, targets = _plain(logits), _plain(targets)
+        return _cuda.bce_with_logits(logits, targets, reduction, self._empty, self._workspace,
+                                     False, self._stream())
+
+    def mse(self, pred, target, reduction):
+        pred, target = _plain(pred), _plain(target)
+        return _cuda.mse(pred, target, reduction, self._empty, self._workspace, False,
+                         self._stream())
+
+    def dropout(self, x, p, seed, offset, out, mask_out):
+        x, out, mask_out = map(_plain, (x, out, mask_out))
+        return _cuda.dropout(x, p, seed, offset, out, mask_out, self._empty, False,
+                             self._stream())
+
+    def dropout_backward(self, dy, mask, p, out):
+        dy, mask, out = map(_plain, (dy, mask, out))
+        return _cuda.dropout_backward(dy, mask, p, out, self._empty, False, self._stream())
+
+    def dense_forward(self, x, w, b, out, code, slope):
+        x, w, b, out = map(_plain, (x, w, b, out))
+        blas = _cuda_blas_module()
+        if not blas.loaded():  # check the arguments, then say what is missing
+            blas.dense_forward(x, w, b, out, code, slope, None, None, True, 0)
+            _require_cublaslt(blas)
+        return blas.dense_forward(x, w, b, out, code, slope, self._empty, self._workspace, False,
+                                  self._stream())
+
+    def dense_backward(self, dy, x, w, saved, code, slope, need_dx, dw_out, db_out, accumulate,
+                       dx_out, workspace):
+        blas = _cuda_blas_module()
+        args = tuple(map(_plain, (dy, x, w, saved, code, slope, need_dx, dw_out, db_out,
+                                  accumulate, dx_out, workspace)))
+        if not blas.loaded():
+            blas.dense_backward(*args, None, None, True, 0)
+            _require_cublaslt(blas)
+        return blas.dense_backward(*args, self._empty, self._workspace, False, self._stream())
+
+
+# ---------------------------------------------------------------------------
+# cuBLASLt for the dense layers: _cuda_blas is imported at the first dense
+# call on GPU arrays, and opens libcublasLt from the nvidia-cublas wheel (the
+# "cuda" extra) or a CUDA installation
+# ---------------------------------------------------------------------------
+_CUBLASLT = "libcublasLt.so.13"
+_INSTALL_HINT = 'pip install "fusedtrain[cuda]"'
+
+
+def cublaslt_candidates() -> list:
+    """Where libcublasLt may be, in the order tried: the nvidia-cublas wheel
+    (CUDA 13 wheels keep their libraries in nvidia/cu13/lib; nvidia/cublas/lib
+    as the CUDA 12 wheels did), $CUDA_HOME / $CUDA_PATH, /usr/local/cuda, and
+    last '' -- the dynamic loader's own search (LD_LIBRARY_PATH, ldconfig)."""
+    paths = []
+    spec = importlib.util.find_spec("nvidia")
+    for base in (spec.submodule_search_locations or []) if spec is not None else []:
+        paths += [os.path.join(base, sub, "lib", _CUBLASLT) for sub in ("cu13", "cublas")]
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            paths.append(os.path.join(os.environ[env], "lib64", _CUBLASLT))
+    paths.append(os.path.join("/usr/local/cuda/lib64", _CUBLASLT))
+    return [p for p in paths if os.path.exists(p)] + [""]
+
+
+_cuda_blas = None
+_cublaslt_error = None  # why loading failed, once tried
+
+
+def _cuda_blas_module():
+    """The _cuda_blas module, imported (and cuBLASLt loaded) on first use."""
+    global _cuda_blas, _cublaslt_error
+    if _cuda_blas is None:
+        try:
+            from . import _cuda_blas as blas
+        except ImportError as exc:
+            raise RuntimeError(
+                "dense layers on the GPU need fusedtrain's _cuda_blas module, which is not "
+                f"available ({exc}); rebuild with nvcc on PATH "
+                "(-Ccmake.define.FUSEDTRAIN_CUDA=ON) or pass NumPy arrays") from None
+        _cublaslt_error = blas.load(cublaslt_candidates()) or None
+        _cuda_blas = blas
+    return _cuda_blas
+
+
+def _require_cublaslt(blas) -> None:
+    if not blas.loaded():
+        raise RuntimeError(
+            f"dense layers on the GPU need cuBLASLt ({_CUBLASLT}, from the nvidia-cublas "
+            f"wheel), which could not be loaded: {_cublaslt_error}. Install it with: "
+            f"{_INSTALL_HINT}")
+
+
+# ---------------------------------------------------------------------------
+# array helpers for the optimizer objects: state buffers made by the
+# parameter's own library, on its device
+# ---------------------------------------------------------------------------
+_FLOAT_TYPESTRS = {"<f4": "float32", "<f8": "float64"}
+
+
+def is_gpu_array(x) -> bool:
+    return not isinstance(x, np.ndarray) and _has_cai(x)
+
+
+def is_array(x) -> bool:
+    """A NumPy array or a GPU array (CuPy array, torch CUDA tensor)."""
+    return isinstance(x, np.ndarray) or _has_cai(x)
+
+
+def gpu_array_problem(x) -> str | None:
+    """Why a GPU array cannot be a parameter (updated in place), or None:
+    float32/float64, C-contiguous, writable -- read from its interface."""
+    cai = _plain(x).__cuda_array_interface__
+    typestr = cai.get("typestr")
+    if typestr not in _FLOAT_TYPESTRS:
+        try:
+            name = np.dtype(typestr).name
+        except TypeError:
+            name = repr(typestr)
+        return f"expected dtype float32 or float64, received {name}"
+    strides = cai.get("strides")
+    shape = tuple(cai.get("shape", ()))
+    contiguous = True
+    if strides is not None:
+        expect = np.dtype(typestr).itemsize
+        for extent, stride in zip(reversed(shape), reversed(tuple(strides))):
+            if extent != 1 and stride != expect:
+                contiguous = False
+            expect *= extent
+        contiguous = contiguous or 0 in shape
+    if not contiguous or cai.get("data", (0, False))[1]:
+        return "expected a writable C-contiguous array (updated in place)"
+    return None
+
+
+def full_like(p, fill):
+    """An array of p's shape, dtype, library and device filled with `fill`."""
+    if isinstance(p, np.ndarray):
+        return np.full_like(p, fill)
+    if _is_torch(p):
+        import torch
+
+        return torch.full_like(p, fill, memory_format=torch.contiguous_format)
+    cp = _cupy_module()
+    with cp.cuda.Device(_device_id(p)):
+        return cp.full(tuple(p.shape), fill, dtype=np.dtype(p.__cuda_array_interface__["typestr"]))
+
+
+def to_host(a) -> np.ndarray:
+    """A NumPy copy of a NumPy, CuPy or torch array (what state_dict files hold)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if _is_torch(a):
+        return a.detach().cpu().numpy()
+    if hasattr(a, "__cuda_array_interface__"):
+        return _cupy_module().asnumpy(a)
+    return np.asarray(a)
+
+
+def copy_like(p, value):
+    """A new C-contiguous array with value's contents in p's library, dtype
+    and device (value: a NumPy, CuPy or torch array of p's shape)."""
+    if isinstance(p, np.ndarray):
+        return np.array(to_host(value), dtype=p.dtype, order="C")
+    if _is_torch(p):
+        import torch
+
+        src = value if _is_torch(value) else torch.from_numpy(np.ascontiguousarray(to_host(value)))
+        return src.to(device=p.device, dtype=p.dtype, copy=True).contiguous()
+    cp = _cupy_module()
+    with cp.cuda.Device(_device_id(p)):
+        src = value if hasattr(value, "__cuda_array_interface__") else to_host(value)
+        return cp.array(src, dtype=np.dtype(p.__cuda_array_interface__["typestr"]), order="C")
+
+
+def copy_array(a):
+    """A copy of a NumPy, CuPy or torch array (other values as they are)."""
+    if _is_torch(a):
+        return a.clone()
+    return a.copy() if is_array(a) else a

@@ -19,6 +19,7 @@ import tempfile
 import numpy as np
 
 from . import optim as _optim
+from .backend import to_host
 
 __all__ = ["save", "load", "FORMAT", "VERSION"]
 
@@ -77,7 +78,7 @@ def save(path, model, optimizer=None) -> None:
                                     "buffers": [k for k in entry if k != "step"]}
             for k, arr in entry.items():
                 if k != "step":
-                    arrays[f"optim.{idx}.{k}"] = arr
+                    arrays[f"optim.{idx}.{k}"] = to_host(arr)
         meta["optimizer"] = {"class": type(optimizer).__name__,
                              "param_groups": _jsonable(sd["param_groups"]),
                              "state": state_meta}

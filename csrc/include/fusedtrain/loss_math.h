@@ -221,7 +221,7 @@ struct CeScalars {
   double scale;          // 1 / D for "mean", 1 otherwise
 };
 
-inline CeScalars make_ce_scalars(double label_smoothing, int64_t n_classes, double weight_total,
+FT_HD CeScalars make_ce_scalars(double label_smoothing, int64_t n_classes, double weight_total,
                                  Reduction r, double denom) {
   CeScalars s;
   s.one_minus_eps = 1.0 - label_smoothing;
@@ -291,6 +291,29 @@ FT_HD void mse_elem(T p, T t, T scale, T& loss, T& grad) {
   const T d = p - t;
   loss = d * d;
   grad = scale * d;
+}
+
+// ---------------------------------------------------------------------------
+// the element-wise losses by kind, for the loops that run either (CPU blocks,
+// CUDA kernels)
+// ---------------------------------------------------------------------------
+enum class Elementwise { Bce, Mse };
+
+template <Elementwise K, typename T>
+FT_HD void elementwise_loss(T a, T b, T scale, T& loss, T& grad) {
+  if constexpr (K == Elementwise::Bce) {
+    bce_with_logits_elem(a, b, scale, loss, grad);
+  } else {
+    mse_elem(a, b, scale, loss, grad);
+  }
+}
+
+// Gradient scale of an element-wise loss: 1 (BCE) or 2 (MSE), divided by n
+// for "mean"; computed in double, rounded once to T.
+template <Elementwise K, typename T>
+inline T elementwise_grad_scale(Reduction r, int64_t n) {
+  const double base = K == Elementwise::Bce ? 1.0 : 2.0;
+  return T(r == Reduction::Mean ? base / double(n) : base);
 }
 
 // ---------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import re
 
 import numpy as np
 
+from .. import backend as B
+
 __all__ = ["Optimizer"]
 
 _ITEM = re.compile(r"\b(params|grads|exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg"
@@ -22,6 +24,12 @@ _ITEM = re.compile(r"\b(params|grads|exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_
 class Optimizer:
     """Holds parameter groups and per-parameter state; ``step(grads)`` updates
     every parameter in place, one fused kernel call per group.
+
+    Parameters are NumPy arrays (the CPU kernels) or GPU arrays -- CuPy
+    arrays or torch CUDA tensors (the CUDA kernels, on the caller's current
+    stream); one group holds one kind. State buffers are made by the
+    parameter's library on its device; ``state_dict()`` copies them as they
+    are, and ``load_state_dict`` accepts NumPy or GPU arrays for either kind.
 
     ``params`` is a list of arrays, or a list of dicts (parameter groups, as in
     torch) each with a ``"params"`` list and optional hyperparameters that
@@ -41,7 +49,7 @@ class Optimizer:
             )
         self.defaults = {**self.defaults_, **hyperparameters}
         self._check(self.defaults)
-        if isinstance(params, np.ndarray):
+        if B.is_array(params):
             raise TypeError("params: expected a list of arrays or of parameter-group dicts, "
                             "received a single array (wrap it in a list)")
         groups = list(params)
@@ -60,7 +68,7 @@ class Optimizer:
         if not isinstance(group, dict) or "params" not in group:
             raise TypeError(f"param group: expected a dict with a 'params' list, received {group!r:.80}")
         params = group["params"]
-        params = [params] if isinstance(params, np.ndarray) else list(params)
+        params = [params] if B.is_array(params) else list(params)
         if not params:
             raise ValueError("param group 'params': expected a non-empty list of arrays, received an empty list")
         unknown = set(group) - set(self.defaults_) - {"params"}
@@ -68,13 +76,24 @@ class Optimizer:
             raise TypeError(f"param group: unexpected keys {sorted(unknown)}; expected some of {sorted(self.defaults_)}")
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         gi = len(self.param_groups)
+        on_gpu = B.is_gpu_array(params[0])
         for i, p in enumerate(params):
             where = f"param_groups[{gi}]['params'][{i}]"
-            if not isinstance(p, np.ndarray):
-                raise TypeError(f"{where}: expected a numpy.ndarray, received {type(p).__name__}")
-            if p.dtype not in (np.float32, np.float64):
+            if not B.is_array(p):
+                raise TypeError(f"{where}: expected a numpy.ndarray or a GPU array (CuPy, torch "
+                                f"CUDA tensor), received {type(p).__name__}")
+            if B.is_gpu_array(p) != on_gpu:
+                raise TypeError(f"{where}: expected {'a GPU array' if on_gpu else 'a numpy.ndarray'} "
+                                f"like param_groups[{gi}]['params'][0], received "
+                                f"{type(p).__module__}.{type(p).__name__}")
+            if on_gpu:
+                problem = B.gpu_array_problem(p)
+                if problem is not None:
+                    kind = TypeError if problem.startswith("expected dtype") else ValueError
+                    raise kind(f"{where}: {problem}")
+            elif p.dtype not in (np.float32, np.float64):
                 raise TypeError(f"{where}: expected dtype float32 or float64, received {p.dtype}")
-            if not p.flags.c_contiguous or not p.flags.writeable:
+            elif not p.flags.c_contiguous or not p.flags.writeable:
                 raise ValueError(f"{where}: expected a writable C-contiguous array (updated in place)")
             if id(p) in seen:
                 raise ValueError(f"{where}: this array appears in more than one place")
@@ -95,7 +114,7 @@ class Optimizer:
     def step(self, grads) -> None:
         """Update every parameter in place from ``grads`` (one array per
         parameter, in the order of ``params`` flattened across groups)."""
-        if isinstance(grads, np.ndarray):
+        if B.is_array(grads):
             grads = [grads]
         n = sum(len(g["params"]) for g in self.param_groups)
         if not isinstance(grads, (list, tuple)):
@@ -164,7 +183,7 @@ class Optimizer:
                     flat = np.full(arena.size, fill, dtype=arena.dtype)
                     bufs = _views(flat, group["params"])
                 else:
-                    bufs = [np.full_like(p, fill) for p in group["params"]]
+                    bufs = [B.full_like(p, fill) for p in group["params"]]
             out[name] = bufs
             if flat is not None:
                 flats[name] = flat
@@ -216,8 +235,7 @@ class Optimizer:
             g["params"] = list(range(index, index + len(group["params"])))
             index += len(group["params"])
             groups.append(g)
-        state = {k: {n: (v.copy() if isinstance(v, np.ndarray) else v) for n, v in e.items()}
-                 for k, e in self.state.items()}
+        state = {k: {n: B.copy_array(v) for n, v in e.items()} for k, e in self.state.items()}
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -258,11 +276,13 @@ class Optimizer:
                 steps.add(_as_step(entry["step"], key))
                 p = group["params"][i]
                 for name in keys:
-                    arr = np.asarray(entry[name])
-                    if arr.shape != p.shape:
-                        raise ValueError(f"state_dict: state[{key!r}][{name!r}] has shape {arr.shape}; "
-                                         f"expected {p.shape} (the parameter's shape)")
-                    gstate.setdefault(name, [None] * n)[i] = np.array(arr, dtype=p.dtype, order="C")
+                    arr = entry[name] if B.is_array(entry[name]) else np.asarray(entry[name])
+                    if tuple(arr.shape) != tuple(p.shape):
+                        raise ValueError(f"state_dict: state[{key!r}][{name!r}] has shape {tuple(arr.shape)}; "
+                                         f"expected {tuple(p.shape)} (the parameter's shape)")
+                    # in the parameter's library, dtype and device (a GPU state
+                    # loads from NumPy and the other way round)
+                    gstate.setdefault(name, [None] * n)[i] = B.copy_like(p, arr)
             if steps:
                 if len(steps) != 1 or any(a is None for k, v in gstate.items() if k != "step" for a in v):
                     raise ValueError(f"state_dict: parameters of param_groups[{gi}] must all have state "
