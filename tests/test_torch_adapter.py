@@ -226,6 +226,25 @@ def test_state_dict_exchange(name, hyper, direction):
             assert entry["step"].dtype == torch.float32 and entry["step"].shape == ()
 
 
+def test_deepcopy_and_pickle():
+    import copy
+    import pickle
+
+    ours, theirs, opt, ref, rng = make_pair("adam", dict(lr=0.01), np.float64)
+    for _ in range(3):
+        set_grads(ours, theirs, rng)
+        opt.step()
+        ref.step()
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert type(clone) is ft.Adam
+        assert float(clone.state_dict()["state"][0]["step"]) == 3.0
+    twin = copy.deepcopy({"params": ours, "opt": opt})
+    set_grads(twin["params"], theirs, rng)
+    twin["opt"].step()
+    ref.step()
+    assert_same(twin["params"], theirs, twin["opt"], ref, np.float64)
+
+
 # ---------------------------------------------------------------------------
 # bad input: the error names the tensor; nothing changes
 # ---------------------------------------------------------------------------

@@ -41,6 +41,7 @@ torch is an optional dependency: importing this module imports torch.
 
 from __future__ import annotations
 
+import numpy as np
 import torch as _torch  # the real torch (absolute import), not this module
 
 from . import _validate as V
@@ -92,15 +93,13 @@ def _grad_array(p, g, where: str):
     return _array(g)
 
 
-class _Bucket:
-    """The lists of one fused call: parameters, gradients, one list per state
-    buffer, and the state dicts whose step counters advance with it."""
+class _Entry:
+    """What one parameter's update needs, checked once and cached until the
+    parameter's storage or its state dict changes: the parameter's array, its
+    state buffers' arrays, the step this update is, and the bucket key."""
 
-    __slots__ = ("params", "grads", "buffers", "states", "new")
-
-    def __init__(self, names):
-        self.params, self.grads, self.states, self.new = [], [], [], []
-        self.buffers = {n: [] for n in names}
+    __slots__ = ("seen", "state", "new", "ptr", "array", "names", "buffers", "next", "step_array",
+                 "key")
 
 
 class _FusedOptimizer(_torch.optim.Optimizer):
@@ -115,7 +114,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
             raise ValueError(f"differentiable=True is not supported by fusedtrain.torch."
                              f"{type(self).__name__}: the fused kernels run outside autograd")
         self._hyper(defaults)  # raises ValueError / TypeError naming the bad one
-        self._views: dict[int, tuple] = {}
+        self._entries: dict = {}
         super().__init__(params, defaults)
 
     # ------------------------------------------------------ subclass hooks
@@ -130,22 +129,11 @@ class _FusedOptimizer(_torch.optim.Optimizer):
     def _initial_value(self, name: str, h: dict) -> float:
         return 0.0
 
-    def _call(self, h: dict, b: _Bucket, step: int) -> None:
-        """One fusedtrain.ops call over the bucket."""
+    def _call(self, h: dict, params, grads, buffers: dict, step: int) -> None:
+        """One fusedtrain.ops call over a bucket."""
         raise NotImplementedError
 
     # ------------------------------------------------------------- helpers
-    def _view(self, t, where: str):
-        """The cached zero-copy array of a parameter or state tensor (checked
-        when first seen, and again when the tensor's storage moved)."""
-        hit = self._views.get(id(t))
-        if hit is not None and hit[0] is t and hit[1] == t.data_ptr() and hit[2] == t.shape:
-            return hit[3]
-        _check_tensor(t, where)
-        arr = _array(t)
-        self._views[id(t)] = (t, t.data_ptr(), t.shape, arr)
-        return arr
-
     def _new_state(self, p, h: dict) -> dict:
         state = {}
         if self._counts_steps:  # torch's scalar dtype: float32 unless the default is float64
@@ -164,9 +152,54 @@ class _FusedOptimizer(_torch.optim.Optimizer):
             return 1
         return int(s.item() if isinstance(s, _torch.Tensor) else s) + 1
 
+    def _entry(self, p, seen, h: dict, names: tuple, where: str) -> _Entry:
+        """Checks p and its state (creating what is missing, uncommitted)."""
+        _check_tensor(p, where)
+        e = _Entry()
+        e.seen, e.names, e.ptr, e.array = seen, names, p.data_ptr(), _array(p)
+        e.next = self._next_step(seen)  # from the state as it is before this step
+        state, e.new = seen, not seen
+        if e.new:
+            state = self._new_state(p, h)
+        else:
+            missing = [n for n in names if state.get(n) is None]
+            if missing:  # a variant switched on later (amsgrad, momentum, centered)
+                state = {**state, **{n: v for n, v in self._new_state(p, h).items() if n in missing}}
+                e.new = True
+        for n in names:
+            _check_tensor(state[n], f"{where} state[{n!r}]")
+        e.state = state
+        e.buffers = tuple(_array(state[n]) for n in names)
+        st = state.get("step")
+        e.step_array = None
+        if isinstance(st, _torch.Tensor) and st.device.type == "cpu" and st.dim() == 0:
+            e.step_array = st.numpy()  # written in place after each update
+        e.key = (p.device, p.dtype)
+        return e
+
+    def _commit(self, p, e: _Entry) -> None:
+        """After the kernel ran: keep a new state, advance the step."""
+        if e.new:
+            if e.state:  # SGD without momentum keeps no state, as torch
+                self.state[p] = e.state
+                e.seen = e.state
+            e.new = False
+        if self._counts_steps:
+            if e.step_array is not None:
+                e.step_array[()] = e.next
+            else:
+                e.state["step"].fill_(e.next)
+            e.next += 1
+        else:
+            e.next = 2
+
     def load_state_dict(self, state_dict) -> None:
-        self._views.clear()
+        self._entries.clear()
         super().load_state_dict(state_dict)
+
+    def __setstate__(self, state: dict) -> None:  # copy.deepcopy, pickle
+        super().__setstate__(state)
+        self._entries = {}
 
     # ---------------------------------------------------------------- step
     @_torch.no_grad()
@@ -178,6 +211,8 @@ class _FusedOptimizer(_torch.optim.Optimizer):
         if closure is not None:
             with _torch.enable_grad():
                 loss = closure()
+        entries = self._entries
+        state_get = self.state.get
         plans = []
         for gi, group in enumerate(self.param_groups):
             h = self._hyper(group)
@@ -187,40 +222,38 @@ class _FusedOptimizer(_torch.optim.Optimizer):
                 g = p.grad
                 if g is None:
                     continue
-                where = f"param_groups[{gi}]['params'][{i}]"
-                pa = self._view(p, where)
-                ga = _grad_array(p, g, where)
-                state = self.state.get(p)
-                step = self._next_step(state)  # from the state as it is before this step
-                new = not state
-                if new:
-                    state = self._new_state(p, h)
-                else:
-                    missing = [n for n in names if state.get(n) is None]
-                    if missing:  # a variant switched on later (amsgrad, momentum, centered)
-                        state = {**state, **{n: v for n, v in self._new_state(p, h).items()
-                                             if n in missing}}
-                        new = True
-                bufs = [self._view(state[n], f"{where} state[{n!r}]") for n in names]
-                key = (p.device, p.dtype, step)
+                seen = state_get(p)
+                e = entries.get(p)
+                if e is None or e.seen is not seen or e.names != names or e.ptr != p.data_ptr():
+                    e = entries[p] = self._entry(p, seen, h, names, f"param_groups[{gi}]['params'][{i}]")
+                pa = e.array
+                ga = None
+                if type(pa) is np.ndarray and g.layout == _torch.strided and g.device.type == "cpu":
+                    try:
+                        ga = g.numpy()
+                    except (RuntimeError, TypeError):
+                        ga = None
+                    if ga is not None and not (ga.dtype == pa.dtype and ga.shape == pa.shape
+                                               and ga.flags.c_contiguous):
+                        ga = None
+                if ga is None:  # the descriptive checks: raise, or the GPU's array
+                    ga = _grad_array(p, g, f"param_groups[{gi}]['params'][{i}]")
+                key = (e.key, e.next)
                 b = buckets.get(key)
                 if b is None:
-                    b = buckets[key] = _Bucket(names)
-                b.params.append(pa)
-                b.grads.append(ga)
-                for n, a in zip(names, bufs):
-                    b.buffers[n].append(a)
-                b.states.append((p, state, new))
-            plans.append((h, buckets))
+                    b = buckets[key] = ([], [], [[] for _ in names], [])
+                b[0].append(pa)
+                b[1].append(ga)
+                for lst, a in zip(b[2], e.buffers):
+                    lst.append(a)
+                b[3].append((p, e))
+            plans.append((h, names, buckets))
         # every tensor checked: run, then commit new states and step counts
-        for h, buckets in plans:
-            for (_, _, step), b in buckets.items():
-                self._call(h, b, step)
-                for p, state, new in b.states:
-                    if new and state:  # SGD without momentum keeps no state, as torch
-                        self.state[p] = state
-                if self._counts_steps:
-                    _torch._foreach_add_([s["step"] for _, s, _ in b.states], 1.0)
+        for h, names, buckets in plans:
+            for (_, step), (params, grads, bufs, done) in buckets.items():
+                self._call(h, params, grads, dict(zip(names, bufs)), step)
+                for p, e in done:
+                    self._commit(p, e)
         return loss
 
 
@@ -277,11 +310,11 @@ class SGD(_FusedOptimizer):
                 for n in self._state_names(h)}
 
     def _next_step(self, state):
-        # torch sets the buffer to d on its first use: ops.sgd_'s step 1
+        # torch sets the buffer to d on its first use: ops.sgd_'s step 1, then 2
         return 1 if not state or state.get("momentum_buffer") is None else 2
 
-    def _call(self, h, b, step):
-        _ops.sgd_(b.params, b.grads, b.buffers.get("momentum_buffer"), step=step, lr=h["lr"],
+    def _call(self, h, params, grads, buffers, step):
+        _ops.sgd_(params, grads, buffers.get("momentum_buffer"), step=step, lr=h["lr"],
                   momentum=h["momentum"], dampening=h["dampening"], nesterov=h["nesterov"],
                   weight_decay=h["weight_decay"], maximize=h["maximize"])
 
@@ -320,10 +353,10 @@ class Adam(_FusedOptimizer):
         names = ("exp_avg", "exp_avg_sq")
         return names + ("max_exp_avg_sq",) if h["amsgrad"] else names
 
-    def _call(self, h, b, step):
+    def _call(self, h, params, grads, buffers, step):
         fn = _ops.adamw_ if h["decoupled"] else _ops.adam_
-        fn(b.params, b.grads, b.buffers["exp_avg"], b.buffers["exp_avg_sq"],
-           b.buffers.get("max_exp_avg_sq"), step=step, lr=h["lr"],
+        fn(params, grads, buffers["exp_avg"], buffers["exp_avg_sq"],
+           buffers.get("max_exp_avg_sq"), step=step, lr=h["lr"],
            betas=(h["beta1"], h["beta2"]), eps=h["eps"], weight_decay=h["weight_decay"],
            amsgrad=h["amsgrad"], maximize=h["maximize"])
 
@@ -377,9 +410,9 @@ class RMSprop(_FusedOptimizer):
             names += ("grad_avg",)
         return names
 
-    def _call(self, h, b, step):
-        _ops.rmsprop_(b.params, b.grads, b.buffers["square_avg"], b.buffers.get("grad_avg"),
-                      b.buffers.get("momentum_buffer"), lr=h["lr"], alpha=h["alpha"],
+    def _call(self, h, params, grads, buffers, step):
+        _ops.rmsprop_(params, grads, buffers["square_avg"], buffers.get("grad_avg"),
+                      buffers.get("momentum_buffer"), lr=h["lr"], alpha=h["alpha"],
                       eps=h["eps"], weight_decay=h["weight_decay"], momentum=h["momentum"],
                       centered=h["centered"], maximize=h["maximize"])
 
@@ -421,8 +454,8 @@ class Adagrad(_FusedOptimizer):
     def _initial_value(self, name, h):
         return h["initial_accumulator_value"]
 
-    def _call(self, h, b, step):
-        _ops.adagrad_(b.params, b.grads, b.buffers["sum"], step=step, lr=h["lr"],
+    def _call(self, h, params, grads, buffers, step):
+        _ops.adagrad_(params, grads, buffers["sum"], step=step, lr=h["lr"],
                       lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
                       maximize=h["maximize"])
 
