@@ -245,6 +245,24 @@ def test_deepcopy_and_pickle():
     assert_same(twin["params"], theirs, twin["opt"], ref, np.float64)
 
 
+def test_state_tensor_replaced_between_steps():
+    """A state tensor swapped for another (as code moving optimizer state
+    does) is the one the next step updates."""
+    ours, theirs, opt, ref, rng = make_pair("adam", dict(lr=0.01), np.float32)
+    for k in range(4):
+        set_grads(ours, theirs, rng)
+        opt.step()
+        ref.step()
+        if k == 1:
+            for s in opt.state.values():
+                s["exp_avg"] = s["exp_avg"].clone()
+                s["step"] = s["step"].clone()
+            p = ours[2]
+            with torch.no_grad():
+                p.data = p.data.clone()  # a new storage for a parameter
+    assert_same(ours, theirs, opt, ref, np.float32)
+
+
 # ---------------------------------------------------------------------------
 # bad input: the error names the tensor; nothing changes
 # ---------------------------------------------------------------------------

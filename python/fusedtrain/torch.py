@@ -95,11 +95,20 @@ def _grad_array(p, g, where: str):
 
 class _Entry:
     """What one parameter's update needs, checked once and cached until the
-    parameter's storage or its state dict changes: the parameter's array, its
-    state buffers' arrays, the step this update is, and the bucket key."""
+    parameter's storage, its state dict or a tensor in it changes: the
+    parameter's array, its state buffers' arrays, the step this update is,
+    and the bucket key."""
 
     __slots__ = ("seen", "state", "new", "ptr", "array", "names", "buffers", "next", "step_array",
-                 "key")
+                 "key", "watch")
+
+    def valid(self, seen, names, ptr) -> bool:
+        if self.seen is not seen or self.names != names or self.ptr != ptr:
+            return False
+        for k, t in self.watch:  # a state tensor replaced in place (moved, reloaded by hand)
+            if seen.get(k) is not t:
+                return False
+        return True
 
 
 class _FusedOptimizer(_torch.optim.Optimizer):
@@ -175,6 +184,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
         if isinstance(st, _torch.Tensor) and st.device.type == "cpu" and st.dim() == 0:
             e.step_array = st.numpy()  # written in place after each update
         e.key = (p.device, p.dtype)
+        e.watch = tuple(state.items()) if not e.new else ()
         return e
 
     def _commit(self, p, e: _Entry) -> None:
@@ -183,6 +193,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
             if e.state:  # SGD without momentum keeps no state, as torch
                 self.state[p] = e.state
                 e.seen = e.state
+                e.watch = tuple(e.state.items())
             e.new = False
         if self._counts_steps:
             if e.step_array is not None:
@@ -224,7 +235,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
                     continue
                 seen = state_get(p)
                 e = entries.get(p)
-                if e is None or e.seen is not seen or e.names != names or e.ptr != p.data_ptr():
+                if e is None or not e.valid(seen, names, p.data_ptr()):
                     e = entries[p] = self._entry(p, seen, h, names, f"param_groups[{gi}]['params'][{i}]")
                 pa = e.array
                 ga = None
