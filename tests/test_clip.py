@@ -325,8 +325,11 @@ def test_shared_memory_is_rejected():
 def test_torch_tensor_is_not_taken_by_the_numpy_path():
     t = _torch()
     g = t.ones(4)
-    with pytest.raises(TypeError, match=r"params\[0\]: expected a numpy.ndarray or a GPU array"):
+    with pytest.raises(TypeError, match=r"grads\[0\]: expected a numpy.ndarray or a GPU array"
+                                        r".*received torch.Tensor.*tensor.numpy\(\)"):
         ops.clip_grad_norm_([g], 1.0)
+    with pytest.raises(TypeError, match=r"grads\[0\]: expected a numpy.ndarray.*received builtins.float"):
+        ops.global_norm([1.0])
 
 
 # ---------------------------------------------------------------------------
@@ -407,3 +410,39 @@ def test_cuda_clipping_equals_cpu(dtype):
     dgrads[3][0] = cupy.nan
     with pytest.raises(RuntimeError, match="non-finite"):
         ops.clip_grad_norm_(dgrads, 0.5, error_if_nonfinite=True)
+
+
+class _Recorder:
+    """Stands in for the _cuda module: records each call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, args))
+
+
+def test_gpu_orchestration_on_stand_ins(monkeypatch):
+    """The GPU path: the norm goes to a device scalar and is read on the
+    device by the scaling kernel, on the caller's stream; the writable
+    check (a dry run) comes first; nothing is read back on the host unless
+    error_if_nonfinite=True."""
+    from fusedtrain import _ops_clip
+
+    rec = _Recorder()
+    out = object()
+    monkeypatch.setattr(backend, "_cuda", rec)
+    monkeypatch.setattr(backend, "_device_present", True)
+    monkeypatch.setattr(backend, "_current_stream", lambda first: 0xABC)
+    monkeypatch.setattr(_ops_clip, "_gpu_scalar", lambda first: out)
+    grads = [_Fake((5,)), _Fake((3, 4))]
+    assert ops.global_norm(grads, 1.0) is out
+    assert rec.calls == [("global_norm", (grads, 1.0, out, 0xABC))]
+    rec.calls.clear()
+    assert ops.clip_grad_norm_(grads, 2.0, "inf") is out
+    assert rec.calls == [("clip_by_norm_", (grads, out, 2.0, True, 0)),
+                         ("global_norm", (grads, math.inf, out, 0xABC)),
+                         ("clip_by_norm_", (grads, out, 2.0, False, 0xABC))]
+    rec.calls.clear()
+    ops.clip_grad_value_(grads, 0.25)
+    assert rec.calls == [("clamp_", (grads, -0.25, 0.25, False, 0xABC))]

@@ -47,8 +47,18 @@ def _foreach(value) -> None:
 
 
 def _on_gpu(first) -> bool:
-    """True for a GPU array, False for a NumPy array (module_for's rule)."""
-    return _backend.module_for(first) is not _core
+    """True for a GPU array, False for a NumPy array (backend.module_for's
+    rule); TypeError naming grads[0] for anything else."""
+    if isinstance(first, np.ndarray):
+        return False
+    if hasattr(first, "__cuda_array_interface__"):
+        _backend.module_for(first)  # RuntimeError when built without CUDA
+        return True
+    hint = (" (pass tensor.numpy(), or use fusedtrain.torch.clip_grad_norm_ on parameters)"
+            if type(first).__module__.startswith("torch") else "")
+    raise TypeError("grads[0]: expected a numpy.ndarray or a GPU array (an object with "
+                    f"__cuda_array_interface__), received {type(first).__module__}."
+                    f"{type(first).__name__}{hint}")
 
 
 def _gpu_scalar(first):
