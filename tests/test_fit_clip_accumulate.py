@@ -132,3 +132,19 @@ def test_bad_arguments_raise_before_training(kw, exc, words):
         assert w in str(info.value), (w, str(info.value))
     np.testing.assert_array_equal(model.param_arena, before)
     assert model.train_state is None
+
+
+def test_cli_passes_clip_norm_and_accumulate_steps(monkeypatch, capsys):
+    from fusedtrain import cli
+
+    seen = {}
+    real = ft.train.fit
+
+    def spy(model, x, y, **kw):
+        seen.update(kw)
+        return real(model, x, y, **kw)
+
+    monkeypatch.setattr(ft.train, "fit", spy)
+    assert cli.main(["train", "--quiet", "--epochs", "1", "--clip-norm", "2.5",
+                     "--accumulate-steps", "3"]) == 0
+    assert seen["clip_norm"] == 2.5 and seen["accumulate_steps"] == 3

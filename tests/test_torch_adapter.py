@@ -442,3 +442,27 @@ def test_cuda_tensors_match_cpu(name):
     assert [p.data_ptr() for p in gpu] == ptrs
     for p, q in zip(cpu, gpu):
         torch.testing.assert_close(q.detach().cpu(), p.detach(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,flags", [
+    ("adam", dict(foreach=True)), ("adam", dict(fused=True)), ("adamw", dict(capturable=True)),
+    ("sgd", dict(fused=False, foreach=False)), ("rmsprop", dict(capturable=False, foreach=True)),
+    ("adagrad", dict(fused=True))])
+def test_torch_only_flags_are_accepted_and_kept(name, flags):
+    """foreach / fused / capturable change nothing here (always one fused
+    call); they are kept in the param groups for the state_dict."""
+    hyper = dict(lr=0.01)
+    ours, theirs, opt, ref, rng = make_pair(name, hyper, np.float32)
+    opt2 = getattr(ft, CLASS[name])([torch.nn.Parameter(p.detach().clone()) for p in ours],
+                                    **hyper, **flags)
+    for k, v in flags.items():
+        assert opt2.param_groups[0][k] == v
+    ours2 = opt2.param_groups[0]["params"]
+    for _ in range(3):
+        set_grads(ours, theirs, rng)
+        for p, q in zip(ours2, ours):
+            p.grad = q.grad.clone()
+        opt.step()
+        opt2.step()
+    for p, q in zip(ours2, ours):
+        assert torch.equal(p, q)
