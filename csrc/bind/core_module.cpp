@@ -15,6 +15,7 @@ void bind_optim(py::module_& m);
 void bind_chunks(py::module_& m);
 void bind_dense(py::module_& m);
 void bind_loss(py::module_& m);
+void bind_norm(py::module_& m);
 }
 
 #ifndef FT_CXX_COMPILER
@@ -54,4 +55,5 @@ PYBIND11_MODULE(_core, m) {
   fusedtrain::bind::bind_chunks(m);
   fusedtrain::bind::bind_dense(m);
   fusedtrain::bind::bind_loss(m);
+  fusedtrain::bind::bind_norm(m);
 }

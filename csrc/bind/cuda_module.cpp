@@ -19,8 +19,10 @@
 
 #include "bind/cuda_arrays.h"
 #include "bind/list_args.h"
+#include "cuda/norm_cuda.h"
 #include "cuda/optim_cuda.h"
 #include "cuda/runtime.h"
+#include "fusedtrain/norm_math.h"
 
 namespace py = pybind11;
 
@@ -221,6 +223,75 @@ void bind_cuda_optim(py::module_& m) {
 }
 
 void bind_cuda_loss(py::module_& m);  // bind/cuda_loss_bind.cpp
+// Gradient clipping on GPU arrays (use fusedtrain.ops.global_norm,
+// clip_grad_norm_ and clip_grad_value_); the lists are checked as the
+// optimizer steps check theirs, `out` / `total_norm` is one float64 GPU
+// element. Each entry point ends with `stream`.
+namespace {
+
+double* device_double(const std::string& name, py::handle h, bool writable) {
+  DevArray a;
+  parse(name, h, "a GPU array (an object with __cuda_array_interface__)", a);
+  if (a.typestr != "<f8" || a.numel != 1)
+    throw py::type_error(name + ": expected one float64 element, received dtype " +
+                         dtype_name(a.typestr) + " shape " + shape_str(a));
+  if (writable && a.readonly)
+    throw py::value_error(name + ": expected a writable array, received a read-only array");
+  return reinterpret_cast<double*>(a.ptr);
+}
+
+}  // namespace
+
+void bind_cuda_norm(py::module_& m) {
+  m.def(
+      "global_norm",
+      [](py::handle grads, double norm_type, py::handle out, uintptr_t stream) {
+        const CheckedList c = check_lists({{"grads", grads, false}});
+        norm_kind(norm_type);  // raises for a bad norm type before any launch
+        double* o = device_double("out", out, true);
+        require_device();
+        py::gil_scoped_release nogil;
+        cuda::global_norm(c.dl, c.dtype, norm_type, o, as_stream(stream));
+      },
+      py::arg("grads"), py::arg("norm_type"), py::arg("out"), py::arg("stream"),
+      "out = the norm_type-norm of all elements of a list of GPU arrays (float64, fixed order).");
+  m.def(
+      "clip_by_norm_",
+      [](py::handle grads, py::handle total_norm, double max_norm, bool dry_run,
+         uintptr_t stream) {
+        const CheckedList c = check_lists({{"grads", grads, true}});
+        const double* t = device_double("total_norm", total_norm, false);
+        if (dry_run) return;
+        require_device();
+        py::gil_scoped_release nogil;
+        cuda::clip_by_norm(c.dl, c.dtype, t, max_norm, as_stream(stream));
+      },
+      py::arg("grads"), py::arg("total_norm"), py::arg("max_norm"), py::arg("dry_run"),
+      py::arg("stream"),
+      "x *= min(max_norm / (total_norm + 1e-6), 1), the norm read on the device, in place.");
+  m.def(
+      "scale_",
+      [](py::handle grads, double coef, bool dry_run, uintptr_t stream) {
+        const CheckedList c = check_lists({{"grads", grads, true}});
+        if (dry_run) return;
+        require_device();
+        py::gil_scoped_release nogil;
+        cuda::scale(c.dl, c.dtype, coef, as_stream(stream));
+      },
+      py::arg("grads"), py::arg("coef"), py::arg("dry_run"), py::arg("stream"),
+      "x *= coef for every element of a list of GPU arrays, in place.");
+  m.def(
+      "clamp_",
+      [](py::handle grads, double lo, double hi, bool dry_run, uintptr_t stream) {
+        const CheckedList c = check_lists({{"grads", grads, true}});
+        if (dry_run) return;
+        require_device();
+        py::gil_scoped_release nogil;
+        cuda::clamp(c.dl, c.dtype, lo, hi, as_stream(stream));
+      },
+      py::arg("grads"), py::arg("lo"), py::arg("hi"), py::arg("dry_run"), py::arg("stream"),
+      "x = clamp(x, lo, hi) for every element of a list of GPU arrays, in place.");
+}
 
 }  // namespace bind
 }  // namespace fusedtrain
@@ -247,4 +318,5 @@ PYBIND11_MODULE(_cuda, m) {
       "Result of the device query: count, CUDA error code and message, runtime version.");
   fusedtrain::bind::bind_cuda_optim(m);
   fusedtrain::bind::bind_cuda_loss(m);
+  fusedtrain::bind::bind_cuda_norm(m);
 }

@@ -44,6 +44,10 @@ def _parser():
     t.add_argument("--dropout", type=float, default=0.0)
     t.add_argument("--epochs", type=int, default=30, help="total epochs (a resumed run continues up to it)")
     t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--clip-norm", type=float, default=None,
+                   help="clip the gradients to this global L2 norm before each step")
+    t.add_argument("--accumulate-steps", type=int, default=1,
+                   help="batches whose gradients are summed per optimizer step")
     t.add_argument("--schedule", default="cosine",
                    help="constant, exponential, step, multistep, cosine or warmup_cosine")
     t.add_argument("--seed", type=int, default=0)
@@ -105,7 +109,8 @@ def _train(args):
         model.load(args.resume)
         if model.optimizer is not None:
             opt = model.optimizer
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
+    batches = -(-len(x_train) // args.batch_size)
+    steps_per_epoch = -(-batches // max(args.accumulate_steps, 1))  # optimizer steps
     sched = schedules.get(args.schedule, lr=args.lr, total_steps=args.epochs * steps_per_epoch)
 
     done = model.train_state["epoch"] if model.train_state else 0
@@ -117,7 +122,8 @@ def _train(args):
     t0 = time.perf_counter()
     history = model.fit(x_train, y_train, optimizer=opt, epochs=remaining, batch_size=args.batch_size,
                         seed=args.seed, validation_data=(x_test, y_test), schedule=sched,
-                        progress=not args.quiet)
+                        progress=not args.quiet, clip_norm=args.clip_norm,
+                        accumulate_steps=args.accumulate_steps)
     elapsed = time.perf_counter() - t0
     result = model.evaluate(x_test, y_test)
     per_epoch = elapsed / remaining if remaining else 0.0

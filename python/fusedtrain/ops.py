@@ -157,3 +157,7 @@ __all__ += ["dense_forward", "dense_backward"]
 from ._ops_loss import softmax_cross_entropy, bce_with_logits, mse, dropout, dropout_backward  # noqa: E402
 
 __all__ += ["softmax_cross_entropy", "bce_with_logits", "mse", "dropout", "dropout_backward"]
+
+from ._ops_clip import clip_grad_norm_, clip_grad_value_, global_norm  # noqa: E402
+
+__all__ += ["global_norm", "clip_grad_norm_", "clip_grad_value_"]

@@ -19,6 +19,7 @@ import time
 import numpy as np
 
 from . import metrics as _metrics
+from . import ops as _ops
 from . import optim as _optim
 from . import schedules as _schedules
 from .nn import losses as _losses
@@ -260,6 +261,19 @@ def _int_at_least(name, value, low):
     return int(value)
 
 
+def _clip_norm(value):
+    """None (no clipping) or a real max_norm > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"clip_norm must be None or a real number > 0 (the largest gradient "
+                        f"norm kept); received {type(value).__name__} {value!r}")
+    if not value > 0:
+        raise ValueError(f"clip_norm must be None or a real number > 0 (the largest gradient "
+                         f"norm kept); received {value!r}")
+    return float(value)
+
+
 def _inputs(model, x, name="x"):
     x = np.asarray(x)
     if x.ndim != 2:
@@ -334,7 +348,7 @@ class _Batcher:
 
 def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, batch_size=128,
         shuffle=True, seed=0, validation_data=None, validation_split=None, metrics=("accuracy",),
-        schedule=None, callbacks=(), progress=True):
+        schedule=None, callbacks=(), progress=True, clip_norm=None, accumulate_steps=1):
     """Train ``model`` on (x, y); returns the :class:`History` (also model.history).
 
     loss: "cross_entropy" (integer labels), "bce" or "mse", or a Loss.
@@ -347,12 +361,26 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
     observes ``val_loss``, else ``loss``, once per epoch).
     Training continues where an earlier fit (or a loaded checkpoint) left
     off: the step count, the shuffling RNG and the dropout streams go on.
+
+    clip_norm: None (default) or max_norm > 0: before each optimizer step
+    the gradients are clipped to that global L2 norm with
+    :func:`fusedtrain.ops.clip_grad_norm_` (one fused call over the model's
+    gradient arena): ``g = g * min(clip_norm / (||g|| + 1e-6), 1)``.
+    accumulate_steps: k >= 1 (default 1). Gradients of k consecutive batches
+    are summed in the gradient arena, then the optimizer steps once. Each
+    batch's loss gradient is weighted by its share of the samples of its
+    window (``len(batch) / samples in the k batches``), so the step equals
+    one step on a batch of k * batch_size samples (the mean loss over them;
+    the last window of an epoch may hold fewer batches). The step count (and
+    with it the schedule) advances once per optimizer step.
     """
     loss_fn = _losses.get(loss)
     x = _inputs(model, x)
     y = _targets(model, loss_fn, x, y)
     epochs = _int_at_least("epochs", epochs, 0)
     batch_size = _int_at_least("batch_size", batch_size, 1)
+    clip_norm = _clip_norm(clip_norm)
+    accumulate_steps = _int_at_least("accumulate_steps", accumulate_steps, 1)
     if validation_data is not None and validation_split is not None:
         raise ValueError("pass validation_data or validation_split, not both")
     if validation_split is not None:
@@ -376,7 +404,8 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
         raise ValueError("x: expected at least one training sample; received 0")
     opt = _optimizer(model, optimizer, lr)
     metric_fns = _metric_fns(metrics)
-    steps_per_epoch = math.ceil(len(x) / batch_size)
+    batches_per_epoch = math.ceil(len(x) / batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / accumulate_steps)  # optimizer steps
 
     state = model.train_state
     if state is None:
@@ -404,7 +433,8 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
 
     batcher = _Batcher(x, y)
     grads = model.gradients()
-    bar = _Progress(progress, state["epoch"] + epochs, steps_per_epoch)
+    bar = _Progress(progress, state["epoch"] + epochs, batches_per_epoch)
+    window = batch_size * accumulate_steps  # samples of one optimizer step
     n = len(x)
     for _ in range(epochs):
         epoch = state["epoch"]
@@ -416,7 +446,9 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             xb, yb = batcher.get(idx)
-            if sched is not None:
+            first = start % window == 0  # the window's first batch
+            last = start + batch_size >= min(n, start - start % window + window)
+            if sched is not None and first:
                 new_lr = float(sched.lr(state["step"]))
                 for g in opt.param_groups:
                     g["lr"] = new_lr
@@ -424,9 +456,16 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
             batch_loss, dout = loss_fn(out, yb)
             for k, f in metric_fns.items():  # before backward: out is still this batch's
                 sums[k] += f(yb, out) * len(idx)
-            model.backward(dout)
-            opt.step(grads)
-            state["step"] += 1
+            if accumulate_steps > 1:
+                # this batch's share of the window's mean loss
+                w0 = start - start % window
+                dout *= len(idx) / (min(n, w0 + window) - w0)
+            model.backward(dout, accumulate=not first)
+            if last:
+                if clip_norm is not None:
+                    _ops.clip_grad_norm_(model.grad_arena, clip_norm)
+                opt.step(grads)
+                state["step"] += 1
             total_loss += float(batch_loss) * len(idx)
             bar.update(float(batch_loss), opt.param_groups[0]["lr"])
         logs = {"loss": total_loss / n}

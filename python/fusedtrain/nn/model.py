@@ -109,7 +109,9 @@ class Sequential:
 
     # ------------------------------------------------------------ training
     def fit(self, x, y, **kwargs):
-        """Train the model; see :func:`fusedtrain.train.fit`."""
+        """Train the model; see :func:`fusedtrain.train.fit` for the keyword
+        arguments (loss, optimizer, lr, epochs, batch_size, ..., clip_norm,
+        accumulate_steps)."""
         from ..train import fit
 
         return fit(self, x, y, **kwargs)

@@ -1,0 +1,199 @@
+"""Gradient clipping: the global norm of a list of gradients, clipping by
+that norm (torch.nn.utils.clip_grad_norm_) and clipping by value
+(torch.nn.utils.clip_grad_value_), in place, over NumPy arrays (the CPU
+kernels) or GPU arrays (CuPy arrays, torch CUDA tensors: the CUDA kernels).
+
+All arrays of one call share one dtype (float32 or float64) and are
+C-contiguous; clipping writes them in place, so they must be writable and
+must not share memory. Nothing is converted, and a call that raises has
+changed nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from . import _core
+from . import _validate as V
+from . import backend as _backend
+
+__all__ = ["global_norm", "clip_grad_norm_", "clip_grad_value_"]
+
+
+def _grads(grads) -> list:
+    if isinstance(grads, (list, tuple)):
+        return list(grads)
+    if isinstance(grads, np.ndarray) or hasattr(grads, "__cuda_array_interface__"):
+        return [grads]
+    raise TypeError("grads: expected an array or a list of arrays, received "
+                    f"{type(grads).__module__}.{type(grads).__name__}")
+
+
+def _norm_type(value) -> float:
+    if isinstance(value, str) and value.strip().lower() in ("inf", "+inf"):
+        return math.inf
+    p = V.real("norm_type", value)
+    if not p > 0:
+        raise ValueError(f"norm_type must be a number > 0 or inf; received {value!r}")
+    return p
+
+
+def _foreach(value) -> None:
+    if value is not None and value is not True and value is not False:
+        raise TypeError(f"foreach must be None or a bool; received {type(value).__name__} {value!r}")
+
+
+def _on_gpu(first) -> bool:
+    """True for a GPU array, False for a NumPy array (backend.module_for's
+    rule); TypeError naming grads[0] for anything else."""
+    if isinstance(first, np.ndarray):
+        return False
+    if hasattr(first, "__cuda_array_interface__"):
+        _backend.module_for(first)  # RuntimeError when built without CUDA
+        return True
+    hint = (" (pass tensor.numpy(), or use fusedtrain.torch.clip_grad_norm_ on parameters)"
+            if type(first).__module__.startswith("torch") else "")
+    raise TypeError("grads[0]: expected a numpy.ndarray or a GPU array (an object with "
+                    f"__cuda_array_interface__), received {type(first).__module__}."
+                    f"{type(first).__name__}{hint}")
+
+
+def _gpu_scalar(first):
+    """A 0-d float64 GPU array from the library of ``first`` (torch or CuPy)."""
+    if type(first).__module__.startswith("torch"):
+        import torch
+
+        return torch.empty((), dtype=torch.float64, device=first.device)
+    import cupy
+
+    return cupy.empty((), dtype=cupy.float64)
+
+
+def _stream(first) -> int:
+    return _backend._current_stream(first) if _backend._has_device() else 0
+
+
+def global_norm(grads, norm_type=2.0):
+    """The ``norm_type``-norm of all elements of ``grads`` taken together.
+
+    ``||g||_p = (sum over every element x of every array |x|^p)^(1/p)``;
+    norm_type=inf gives ``max |x|``. Default norm_type=2.0. Equal to
+    torch.nn.utils.get_total_norm (the norm of the per-array norms).
+
+    One pass over memory. The sum is accumulated in float64 in a fixed
+    blocked order (csrc/include/fusedtrain/norm_math.h), so the result is the
+    same bits for any number of threads, and on the GPU the same bits as on
+    the CPU (norm types 1, 2 and inf). A NaN anywhere gives NaN, an inf gives
+    inf (NaN wins for norm_type=inf too). Empty arrays add nothing (torch
+    raises for norm_type=inf on an empty tensor).
+
+    Returns a Python float for NumPy arrays, a 0-d float64 GPU array
+    (computed without synchronising) for GPU arrays; 0.0 for an empty list.
+    """
+    p = _norm_type(norm_type)
+    grads = _grads(grads)
+    if not grads:
+        return 0.0
+    first = grads[0]
+    if not _on_gpu(first):
+        return _core.global_norm(grads, p)
+    out = _gpu_scalar(first)
+    _backend._cuda.global_norm(grads, p, out, _stream(first))
+    return out
+
+
+def _nonfinite_error(p: float) -> RuntimeError:
+    return RuntimeError(
+        f"clip_grad_norm_: the total norm of order {p:g} of the gradients is non-finite "
+        "(NaN or inf), so it cannot be clipped; the gradients were left unchanged. Pass "
+        "error_if_nonfinite=False to scale them by the non-finite norm anyway, as torch does")
+
+
+def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
+    """Scale ``grads`` in place so that their global norm is at most ``max_norm``.
+
+    As torch.nn.utils.clip_grad_norm_::
+
+        total = global_norm(grads, norm_type)
+        coef = min(max_norm / (total + 1e-6), 1)      (in the gradients' dtype)
+        g = g * coef                                  for every gradient
+
+    and returns ``total``: a Python float (float64 accumulation) for NumPy
+    arrays, a 0-d float64 GPU array for GPU arrays. Defaults:
+    norm_type=2.0, error_if_nonfinite=False. The coefficient is computed as
+    torch computes it, ``max_norm * (1 / (total + 1e-6))`` clamped at 1 in
+    float32 for float32 gradients, so the clipped values match torch's.
+
+    Non-finite norms follow torch: with error_if_nonfinite=True a NaN or inf
+    norm raises RuntimeError and nothing is changed; otherwise a NaN norm
+    makes every gradient NaN and an infinite norm multiplies them by 0.
+    ``foreach`` is accepted for torch's signature and ignored (the kernel is
+    always one fused call).
+
+    Differences from torch: ``max_norm`` must be > 0 (ValueError; torch
+    accepts 0 and negative values, which zero or flip the gradients). When
+    the coefficient is exactly 1 the CPU skips the multiplication (x * 1 is
+    x), saving a pass; the GPU always multiplies, reading the norm on the
+    device with no synchronisation (unless error_if_nonfinite=True, which has
+    to look at it on the host, as torch's does).
+    """
+    max_norm = V.real("max_norm", max_norm)
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be > 0 (the largest norm the gradients may keep); "
+                         f"received {max_norm!r}")
+    p = _norm_type(norm_type)
+    error_if_nonfinite = V.flag("error_if_nonfinite", error_if_nonfinite)
+    _foreach(foreach)
+    grads = _grads(grads)
+    if not grads:
+        return 0.0
+    first = grads[0]
+    if not _on_gpu(first):
+        _core.scale_(grads, 1.0, dry_run=True)  # every array writable, before any work
+        total = _core.global_norm(grads, p)
+        if error_if_nonfinite and not math.isfinite(total):
+            raise _nonfinite_error(p)
+        coef = _core.clip_coef(grads, total, max_norm)
+        if coef != 1.0:  # NaN too
+            _core.scale_(grads, coef)
+        return total
+    cuda = _backend._cuda
+    total = _gpu_scalar(first)
+    cuda.clip_by_norm_(grads, total, max_norm, True, 0)
+    stream = _stream(first)
+    cuda.global_norm(grads, p, total, stream)
+    if error_if_nonfinite and not math.isfinite(float(total)):
+        raise _nonfinite_error(p)
+    cuda.clip_by_norm_(grads, total, max_norm, False, stream)
+    return total
+
+
+def clip_grad_value_(grads, clip_value, foreach=None):
+    """Clamp every element of ``grads`` to ``[-clip_value, clip_value]`` in place.
+
+    As torch.nn.utils.clip_grad_value_: ``g = clamp(g, -clip_value,
+    clip_value)``; NaN stays NaN, +-inf become +-clip_value. Returns None.
+    ``foreach`` is accepted for torch's signature and ignored.
+
+    Difference from torch: ``clip_value`` must be >= 0 (ValueError; torch
+    accepts a negative value and then sets every element to it).
+    """
+    if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):
+        raise TypeError(f"clip_value must be a real number >= 0; received "
+                        f"{type(clip_value).__name__} {clip_value!r}")
+    c = float(clip_value)
+    if not c >= 0:
+        raise ValueError(f"clip_value must be >= 0 (the largest magnitude kept); received {clip_value!r}")
+    _foreach(foreach)
+    grads = _grads(grads)
+    if not grads:
+        return None
+    first = grads[0]
+    if not _on_gpu(first):
+        _core.clamp_(grads, -c, c)
+    else:
+        _backend._cuda.clamp_(grads, -c, c, False, _stream(first))
+    return None
