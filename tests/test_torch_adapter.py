@@ -416,6 +416,16 @@ def _with_grad(g):
     return p
 
 
+def test_missing_torch_is_a_clear_import_error():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "try:\n    import fusedtrain.torch\nexcept ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 'fusedtrain.torch needs PyTorch: pip install "fusedtrain[torch]"' in out.stdout
+
+
 def test_import_fusedtrain_does_not_import_torch():
     import subprocess
     import sys

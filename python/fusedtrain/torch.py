@@ -42,7 +42,12 @@ torch is an optional dependency: importing this module imports torch.
 from __future__ import annotations
 
 import numpy as np
-import torch as _torch  # the real torch (absolute import), not this module
+
+try:
+    import torch as _torch  # the real torch (absolute import), not this module
+except ImportError as exc:  # torch is an optional extra
+    raise ImportError('fusedtrain.torch needs PyTorch: pip install "fusedtrain[torch]" '
+                      f"(import torch failed: {exc})") from exc
 
 from . import _validate as V
 from . import ops as _ops
