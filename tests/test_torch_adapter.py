@@ -416,6 +416,16 @@ def _with_grad(g):
     return p
 
 
+def test_missing_torch_is_a_clear_import_error():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "try:\n    import fusedtrain.torch\nexcept ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 'fusedtrain.torch needs PyTorch: pip install "fusedtrain[torch]"' in out.stdout
+
+
 def test_import_fusedtrain_does_not_import_torch():
     import subprocess
     import sys
@@ -466,3 +476,24 @@ def test_torch_only_flags_are_accepted_and_kept(name, flags):
         opt2.step()
     for p, q in zip(ours2, ours):
         assert torch.equal(p, q)
+
+
+def test_lr_scheduler_and_named_parameters():
+    """torch's LR schedulers drive the drop-in (warnings are errors here: no
+    'scheduler before optimizer' warning), and named parameters work."""
+    ours, theirs, opt, ref, rng = make_pair("sgd", dict(lr=0.1, momentum=0.9), np.float64)
+    s1 = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    s2 = torch.optim.lr_scheduler.StepLR(ref, step_size=2, gamma=0.5)
+    for _ in range(6):
+        set_grads(ours, theirs, rng)
+        opt.step()
+        ref.step()
+        s1.step()
+        s2.step()
+        assert opt.param_groups[0]["lr"] == ref.param_groups[0]["lr"]
+    assert_same(ours, theirs, opt, ref, np.float64)
+    m = torch.nn.Linear(3, 2)
+    named = ft.AdamW(m.named_parameters(), lr=0.1)
+    m(torch.randn(4, 3)).sum().backward()
+    named.step()
+    assert named.state_dict()["param_groups"][0]["param_names"] == ["weight", "bias"]

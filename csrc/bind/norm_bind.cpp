@@ -6,6 +6,8 @@
 // it itself right before the kernel.
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+
 #include "bind/tensor_list.h"
 #include "cpu/norm_cpu.h"
 #include "fusedtrain/norm_math.h"
@@ -36,14 +38,22 @@ void bind_norm(py::module_& m) {
       "fixed order (use fusedtrain.ops.global_norm).");
 
   m.def(
-      "clip_coef",
-      [](py::handle grads, double total_norm, double max_norm) {
-        const CheckedList c = check_grads(grads, false);
-        return c.dtype == cpu::DType::F32 ? double(clip_coef<float>(total_norm, max_norm))
-                                          : clip_coef<double>(total_norm, max_norm);
+      "clip_grad_norm_",
+      [](py::handle grads, double max_norm, double norm_type, bool error_if_nonfinite) {
+        const CheckedList c = check_grads(grads, true);
+        norm_kind(norm_type);
+        py::gil_scoped_release nogil;
+        const double total = cpu::global_norm(c.tl, c.dtype, norm_type);
+        if (error_if_nonfinite && !std::isfinite(total)) return total;  // the caller raises
+        const double coef = c.dtype == cpu::DType::F32 ? double(clip_coef<float>(total, max_norm))
+                                                       : clip_coef<double>(total, max_norm);
+        if (coef != 1.0) cpu::scale(c.tl, c.dtype, coef);  // x * 1 is x: skip; NaN scales
+        return total;
       },
-      py::arg("grads"), py::arg("total_norm"), py::arg("max_norm"),
-      "min(max_norm / (total_norm + 1e-6), 1) in the dtype of grads, as torch computes it.");
+      py::arg("grads"), py::arg("max_norm"), py::arg("norm_type"), py::arg("error_if_nonfinite"),
+      "Scales a list of arrays in place by min(max_norm / (norm + 1e-6), 1) (the coefficient in\n"
+      "their dtype, as torch computes it) and returns the norm; with error_if_nonfinite a\n"
+      "non-finite norm is returned with nothing scaled (use fusedtrain.ops.clip_grad_norm_).");
 
   m.def(
       "scale_",

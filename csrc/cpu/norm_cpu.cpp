@@ -63,9 +63,6 @@ NormScratch& norm_scratch() {
   return s;
 }
 
-// Minimum blocks per thread: below this a second thread costs more than it saves.
-constexpr int64_t kMinBlocksPerThread = kMinElementsPerThread / kNormBlock;
-
 template <NormKind K, typename T>
 double norm_typed(const TensorList& tl, double p) {
   NormScratch& sc = norm_scratch();
@@ -95,7 +92,7 @@ double norm_typed(const TensorList& tl, double p) {
       b = end;
     }
   };
-  const int nt = int(std::min<int64_t>(num_threads(), std::max<int64_t>(1, nblocks / std::max<int64_t>(1, kMinBlocksPerThread))));
+  const int nt = threads_for(tl.total());  // the optimizer loops' rule (parallel.h)
   if (nt <= 1) {
     run(0, 1);
   } else {

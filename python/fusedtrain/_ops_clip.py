@@ -152,13 +152,10 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
         return 0.0
     first = grads[0]
     if not _on_gpu(first):
-        _core.scale_(grads, 1.0, dry_run=True)  # every array writable, before any work
-        total = _core.global_norm(grads, p)
+        # one call: every array checked (writable too), the norm, the scaling
+        total = _core.clip_grad_norm_(grads, max_norm, p, error_if_nonfinite)
         if error_if_nonfinite and not math.isfinite(total):
-            raise _nonfinite_error(p)
-        coef = _core.clip_coef(grads, total, max_norm)
-        if coef != 1.0:  # NaN too
-            _core.scale_(grads, coef)
+            raise _nonfinite_error(p)  # nothing was scaled
         return total
     cuda = _backend._cuda
     total = _gpu_scalar(first)

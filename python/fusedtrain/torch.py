@@ -42,7 +42,12 @@ torch is an optional dependency: importing this module imports torch.
 from __future__ import annotations
 
 import numpy as np
-import torch as _torch  # the real torch (absolute import), not this module
+
+try:
+    import torch as _torch  # the real torch (absolute import), not this module
+except ImportError as exc:  # torch is an optional extra
+    raise ImportError('fusedtrain.torch needs PyTorch: pip install "fusedtrain[torch]" '
+                      f"(import torch failed: {exc})") from exc
 
 from . import _validate as V
 from . import ops as _ops
@@ -99,8 +104,8 @@ class _Entry:
     parameter's array, its state buffers' arrays, the step this update is,
     and the bucket key."""
 
-    __slots__ = ("seen", "state", "new", "ptr", "array", "names", "buffers", "next", "step_array",
-                 "key", "watch")
+    __slots__ = ("param", "seen", "state", "new", "ptr", "array", "names", "buffers", "next",
+                 "step_array", "key", "watch")
 
     def valid(self, seen, names, ptr) -> bool:
         if self.seen is not seen or self.names != names or self.ptr != ptr:
@@ -124,6 +129,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
                              f"{type(self).__name__}: the fused kernels run outside autograd")
         self._hyper(defaults)  # raises ValueError / TypeError naming the bad one
         self._entries: dict = {}
+        self._last: dict = {}  # group index -> the lists of its last single-bucket call
         super().__init__(params, defaults)
 
     # ------------------------------------------------------ subclass hooks
@@ -165,7 +171,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
         """Checks p and its state (creating what is missing, uncommitted)."""
         _check_tensor(p, where)
         e = _Entry()
-        e.seen, e.names, e.ptr, e.array = seen, names, p.data_ptr(), _array(p)
+        e.param, e.seen, e.names, e.ptr, e.array = p, seen, names, p.data_ptr(), _array(p)
         e.next = self._next_step(seen)  # from the state as it is before this step
         state, e.new = seen, not seen
         if e.new:
@@ -187,8 +193,13 @@ class _FusedOptimizer(_torch.optim.Optimizer):
         e.watch = tuple(state.items()) if not e.new else ()
         return e
 
-    def _commit(self, p, e: _Entry) -> None:
+    def _after(self, step: int) -> int:
+        """The step count of the update after ``step``."""
+        return step + 1 if self._counts_steps else 2  # SGD: 2 once the buffer exists
+
+    def _commit(self, e: _Entry) -> None:
         """After the kernel ran: keep a new state, advance the step."""
+        p = e.param
         if e.new:
             if e.state:  # SGD without momentum keeps no state, as torch
                 self.state[p] = e.state
@@ -200,17 +211,42 @@ class _FusedOptimizer(_torch.optim.Optimizer):
                 e.step_array[()] = e.next
             else:
                 e.state["step"].fill_(e.next)
-            e.next += 1
-        else:
-            e.next = 2
+        e.next = self._after(e.next)
+
+    def _buckets(self, gi: int, seq: list, grads: list, names: tuple) -> list:
+        """The fused calls of group gi: (step, params, grads, buffer lists,
+        entries), one per device, dtype and step count. When the group was
+        one bucket last step, with the same entries (compared by identity),
+        now one step further, its lists are reused: only the gradients are new."""
+        last = self._last.get(gi)
+        if last is not None and seq and seq[0].next == last[1] and last[0] == seq:
+            step = seq[0].next
+            self._last[gi] = (seq, self._after(step), last[2], last[3])
+            return [(step, last[2], grads, last[3], seq)]
+        buckets: dict = {}
+        for e, ga in zip(seq, grads):
+            b = buckets.get((e.key, e.next))
+            if b is None:
+                b = buckets[(e.key, e.next)] = (e.next, [], [], [[] for _ in names], [])
+            b[1].append(e.array)
+            b[2].append(ga)
+            for lst, a in zip(b[3], e.buffers):
+                lst.append(a)
+            b[4].append(e)
+        out = list(buckets.values())
+        # one bucket: its entries advance together, to this step count
+        self._last[gi] = (seq, self._after(out[0][0]), out[0][1], out[0][3]) \
+            if len(out) == 1 else None
+        return out
 
     def load_state_dict(self, state_dict) -> None:
+        self._last.clear()
         self._entries.clear()
         super().load_state_dict(state_dict)
 
     def __setstate__(self, state: dict) -> None:  # copy.deepcopy, pickle
         super().__setstate__(state)
-        self._entries = {}
+        self._entries, self._last = {}, {}
 
     # ---------------------------------------------------------------- step
     @_torch.no_grad()
@@ -228,7 +264,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
         for gi, group in enumerate(self.param_groups):
             h = self._hyper(group)
             names = self._state_names(h)
-            buckets: dict = {}
+            seq, grads = [], []  # entries and gradient arrays, in order
             for i, p in enumerate(group["params"]):
                 g = p.grad
                 if g is None:
@@ -239,9 +275,9 @@ class _FusedOptimizer(_torch.optim.Optimizer):
                     e = entries[p] = self._entry(p, seen, h, names, f"param_groups[{gi}]['params'][{i}]")
                 pa = e.array
                 ga = None
-                if type(pa) is np.ndarray and g.layout == _torch.strided and g.device.type == "cpu":
+                if type(pa) is np.ndarray:  # a CPU parameter: the fast path for its gradient
                     try:
-                        ga = g.numpy()
+                        ga = g.numpy()  # refuses sparse, GPU and requires_grad tensors
                     except (RuntimeError, TypeError):
                         ga = None
                     if ga is not None and not (ga.dtype == pa.dtype and ga.shape == pa.shape
@@ -249,22 +285,15 @@ class _FusedOptimizer(_torch.optim.Optimizer):
                         ga = None
                 if ga is None:  # the descriptive checks: raise, or the GPU's array
                     ga = _grad_array(p, g, f"param_groups[{gi}]['params'][{i}]")
-                key = (e.key, e.next)
-                b = buckets.get(key)
-                if b is None:
-                    b = buckets[key] = ([], [], [[] for _ in names], [])
-                b[0].append(pa)
-                b[1].append(ga)
-                for lst, a in zip(b[2], e.buffers):
-                    lst.append(a)
-                b[3].append((p, e))
-            plans.append((h, names, buckets))
+                seq.append(e)
+                grads.append(ga)
+            plans.append((h, names, self._buckets(gi, seq, grads, names)))
         # every tensor checked: run, then commit new states and step counts
         for h, names, buckets in plans:
-            for (_, step), (params, grads, bufs, done) in buckets.items():
+            for step, params, grads, bufs, done in buckets:
                 self._call(h, params, grads, dict(zip(names, bufs)), step)
-                for p, e in done:
-                    self._commit(p, e)
+                for e in done:
+                    self._commit(e)
         return loss
 
 
