@@ -28,8 +28,10 @@ namespace {
 // small; four of them still spread over the threads of a small machine.
 constexpr int64_t kTileQuantum = 32;
 constexpr int64_t kMaxTiles = 4;
-// Below this many multiply-adds a GEMM runs on one thread.
-constexpr int64_t kMinParallelFlops = 1 << 21;
+// Each thread takes at least this many multiply-adds (about 10 us of GEMM
+// on the dev machine); smaller GEMMs run on fewer threads. A 128 x 64 x 256
+// layer (2^21) then runs on two threads: 40 -> 22 us forward.
+constexpr int64_t kMinParallelFlops = 1 << 19;
 
 struct Tiling {
   int64_t n = 0, count = 0;
@@ -229,7 +231,8 @@ void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T
   thread_local std::vector<double> partial;
   partial.assign(size_t(std::max<int64_t>(nt, 1) * out), 0.0);
   const T* g = A == Act::Identity ? dy : dz;
-  for_tiles(nt, B * out * 8, [&](int64_t t) {
+  // (elementwise: worth a second thread from 2^18 elements on)
+  for_tiles(nt, B * out * 2, [&](int64_t t) {
     const int64_t r0 = tr.begin(t), rows = tr.size(t);
     double* acc = partial.data() + t * out;
     if constexpr (A == Act::Identity) {
