@@ -4,6 +4,8 @@
 // the best one picked at load time for the CPU it runs on.
 #include "cpu/optim_cpu.h"
 
+#include <atomic>
+
 #include "cpu/simd.h"
 
 namespace fusedtrain::cpu {
@@ -20,63 +22,40 @@ const char* simd_level() {
 namespace {
 
 // ---------------------------------------------------------------------------
-// inner loops: p, g, states are (n,) pieces of one tensor
+// inner loops: p, g, states (and master) are (n,) pieces of one tensor; rc
+// numbers the piece's elements for stochastic rounding. The element
+// functions (optim_elem.h) do the loads, the update and the stores.
 // ---------------------------------------------------------------------------
-template <WeightDecay WD, AmsGrad A, typename T>
-FT_CLONES void adam_range(T* __restrict p, const T* __restrict g, T* __restrict m,
-                          T* __restrict v, T* __restrict vmax, int64_t n,
-                          const AdamScalars<T> s) {
-  for (int64_t i = 0; i < n; ++i) {
-    T pi = p[i], mi = m[i], vi = v[i];
-    T vmi = T(0);
-    if constexpr (A == AmsGrad::On) vmi = vmax[i];
-    adam_update<WD, A>(pi, g[i], mi, vi, vmi, s);
-    p[i] = pi;
-    m[i] = mi;
-    v[i] = vi;
-    if constexpr (A == AmsGrad::On) vmax[i] = vmi;
-  }
+template <class L, WeightDecay WD, AmsGrad A>
+FT_CLONES void adam_range(typename L::param_t* __restrict p, const typename L::param_t* __restrict g,
+                          float* __restrict master, typename L::state_t* __restrict m,
+                          typename L::state_t* __restrict v, typename L::state_t* __restrict vmax,
+                          int64_t n, const AdamScalars<typename L::T> s, const RoundCtx rc) {
+  for (int64_t i = 0; i < n; ++i) adam_element<L, WD, A>(p, g, master, m, v, vmax, i, s, rc);
 }
 
-template <Momentum M, Nesterov N, typename T>
-FT_CLONES void sgd_range(T* __restrict p, const T* __restrict g, T* __restrict buf,
-                         int64_t n, const SgdScalars<T> s) {
-  for (int64_t i = 0; i < n; ++i) {
-    T pi = p[i];
-    T bi = T(0);
-    if constexpr (M == Momentum::On) bi = buf[i];
-    sgd_update<M, N>(pi, g[i], bi, s);
-    p[i] = pi;
-    if constexpr (M != Momentum::Off) buf[i] = bi;
-  }
+template <class L, Momentum M, Nesterov N>
+FT_CLONES void sgd_range(typename L::param_t* __restrict p, const typename L::param_t* __restrict g,
+                         float* __restrict master, typename L::state_t* __restrict buf, int64_t n,
+                         const SgdScalars<typename L::T> s, const RoundCtx rc) {
+  for (int64_t i = 0; i < n; ++i) sgd_element<L, M, N>(p, g, master, buf, i, s, rc);
 }
 
-template <Centered C, Momentum M, typename T>
-FT_CLONES void rmsprop_range(T* __restrict p, const T* __restrict g, T* __restrict sq,
-                             T* __restrict ga, T* __restrict buf, int64_t n,
-                             const RmspropScalars<T> s) {
-  for (int64_t i = 0; i < n; ++i) {
-    T pi = p[i], si = sq[i];
-    T gai = T(0), bi = T(0);
-    if constexpr (C == Centered::On) gai = ga[i];
-    if constexpr (M == Momentum::On) bi = buf[i];
-    rmsprop_update<C, M>(pi, g[i], si, gai, bi, s);
-    p[i] = pi;
-    sq[i] = si;
-    if constexpr (C == Centered::On) ga[i] = gai;
-    if constexpr (M == Momentum::On) buf[i] = bi;
-  }
+template <class L, Centered C, Momentum M>
+FT_CLONES void rmsprop_range(typename L::param_t* __restrict p,
+                             const typename L::param_t* __restrict g, float* __restrict master,
+                             typename L::state_t* __restrict sq, typename L::state_t* __restrict ga,
+                             typename L::state_t* __restrict buf, int64_t n,
+                             const RmspropScalars<typename L::T> s, const RoundCtx rc) {
+  for (int64_t i = 0; i < n; ++i) rmsprop_element<L, C, M>(p, g, master, sq, ga, buf, i, s, rc);
 }
 
-template <typename T>
-FT_CLONES void adagrad_range(T* __restrict p, const T* __restrict g, T* __restrict sum,
-                             int64_t n, const AdagradScalars<T> s) {
-  for (int64_t i = 0; i < n; ++i) {
-    T pi = p[i], si = sum[i];
-    adagrad_update(pi, g[i], si, s);
-    p[i] = pi;
-    sum[i] = si;
-  }
+template <class L>
+FT_CLONES void adagrad_range(typename L::param_t* __restrict p,
+                             const typename L::param_t* __restrict g, float* __restrict master,
+                             typename L::state_t* __restrict sum, int64_t n,
+                             const AdagradScalars<typename L::T> s, const RoundCtx rc) {
+  for (int64_t i = 0; i < n; ++i) adagrad_element<L>(p, g, master, sum, i, s, rc);
 }
 
 // Same traffic as a step, trivial math: rw buffers read and written, the last
@@ -94,75 +73,67 @@ FT_CLONES void null_range(T* __restrict a, T* __restrict b, T* __restrict c,
 }
 
 // ---------------------------------------------------------------------------
-// drivers: pick the variant once, then one parallel pass over the list
+// drivers: pick the layout and the variant once, then one parallel pass over
+// the list
 // ---------------------------------------------------------------------------
-template <typename T, WeightDecay WD, AmsGrad A>
-void adam_list(const TensorList& tl, const AdamScalars<T>& s) {
+
+// The typed pieces of tensor i from element b on: buffer k, the master
+// weights (last slot, narrow params only) and the rounding context.
+template <class L>
+struct Pieces {
+  const TensorList& tl;
+  const StepLayout& lay;
+  int64_t i, b;
+  typename L::param_t* param(int k) const { return tl.get<typename L::param_t>(i, k) + b; }
+  typename L::state_t* state(int k) const { return tl.get<typename L::state_t>(i, k) + b; }
+  typename L::state_t* state_if(bool on, int k) const { return on ? state(k) : nullptr; }
+  float* master() const { return L::kMaster ? tl.get<float>(i, tl.slots - 1) + b : nullptr; }
+  RoundCtx round() const { return RoundCtx{lay.seed, lay.offset, tl.offsets[i] + b}; }
+};
+
+template <class L, WeightDecay WD, AmsGrad A>
+void adam_list(const TensorList& tl, const StepLayout& lay, const AdamScalars<typename L::T>& s) {
   using namespace adam_slot;
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
-    T* vmax = A == AmsGrad::On ? tl.get<T>(i, kMaxExpAvgSq) + b : nullptr;
-    adam_range<WD, A, T>(tl.get<T>(i, kParam) + b, tl.get<T>(i, kGrad) + b,
-                         tl.get<T>(i, kExpAvg) + b, tl.get<T>(i, kExpAvgSq) + b, vmax,
-                         e - b, s);
+    const Pieces<L> x{tl, lay, i, b};
+    adam_range<L, WD, A>(x.param(kParam), x.param(kGrad), x.master(), x.state(kExpAvg),
+                         x.state(kExpAvgSq), x.state_if(A == AmsGrad::On, kMaxExpAvgSq), e - b,
+                         s, x.round());
   });
 }
 
-template <typename T>
-void adam_typed(const TensorList& tl, const AdamHyper& h, int64_t step) {
-  const auto s = make_adam_scalars<T>(h, step);
-  with_adam_variant(h, [&](auto v) {
-    using V = decltype(v);
-    adam_list<T, V::kWeightDecay, V::kAmsGrad>(tl, s);
-  });
-}
-
-template <typename T, Momentum M, Nesterov N>
-void sgd_list(const TensorList& tl, const SgdScalars<T>& s) {
+template <class L, Momentum M, Nesterov N>
+void sgd_list(const TensorList& tl, const StepLayout& lay, const SgdScalars<typename L::T>& s) {
   using namespace sgd_slot;
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
-    T* buf = M != Momentum::Off ? tl.get<T>(i, kMomentumBuffer) + b : nullptr;
-    sgd_range<M, N, T>(tl.get<T>(i, kParam) + b, tl.get<T>(i, kGrad) + b, buf, e - b, s);
+    const Pieces<L> x{tl, lay, i, b};
+    sgd_range<L, M, N>(x.param(kParam), x.param(kGrad), x.master(),
+                       x.state_if(M != Momentum::Off, kMomentumBuffer), e - b, s, x.round());
   });
 }
 
-template <typename T>
-void sgd_typed(const TensorList& tl, const SgdHyper& h, int64_t step) {
-  const auto s = make_sgd_scalars<T>(h);
-  with_sgd_variant(h, step, [&](auto v) {
-    using V = decltype(v);
-    sgd_list<T, V::kMomentum, V::kNesterov>(tl, s);
-  });
-}
-
-template <typename T, Centered C, Momentum M>
-void rmsprop_list(const TensorList& tl, const RmspropScalars<T>& s) {
+template <class L, Centered C, Momentum M>
+void rmsprop_list(const TensorList& tl, const StepLayout& lay,
+                  const RmspropScalars<typename L::T>& s) {
   using namespace rmsprop_slot;
   constexpr int kGradAvg = kOptional;
   constexpr int kBuf = kOptional + (C == Centered::On ? 1 : 0);
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
-    T* ga = C == Centered::On ? tl.get<T>(i, kGradAvg) + b : nullptr;
-    T* buf = M == Momentum::On ? tl.get<T>(i, kBuf) + b : nullptr;
-    rmsprop_range<C, M, T>(tl.get<T>(i, kParam) + b, tl.get<T>(i, kGrad) + b,
-                           tl.get<T>(i, kSquareAvg) + b, ga, buf, e - b, s);
+    const Pieces<L> x{tl, lay, i, b};
+    rmsprop_range<L, C, M>(x.param(kParam), x.param(kGrad), x.master(), x.state(kSquareAvg),
+                           x.state_if(C == Centered::On, kGradAvg),
+                           x.state_if(M == Momentum::On, kBuf), e - b, s, x.round());
   });
 }
 
-template <typename T>
-void rmsprop_typed(const TensorList& tl, const RmspropHyper& h) {
-  const auto s = make_rmsprop_scalars<T>(h);
-  with_rmsprop_variant(h, [&](auto v) {
-    using V = decltype(v);
-    rmsprop_list<T, V::kCentered, V::kMomentum>(tl, s);
-  });
-}
-
-template <typename T>
-void adagrad_typed(const TensorList& tl, const AdagradHyper& h, int64_t step) {
+template <class L>
+void adagrad_list(const TensorList& tl, const StepLayout& lay,
+                  const AdagradScalars<typename L::T>& s) {
   using namespace adagrad_slot;
-  const auto s = make_adagrad_scalars<T>(h, step);
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
-    adagrad_range<T>(tl.get<T>(i, kParam) + b, tl.get<T>(i, kGrad) + b,
-                     tl.get<T>(i, kSum) + b, e - b, s);
+    const Pieces<L> x{tl, lay, i, b};
+    adagrad_range<L>(x.param(kParam), x.param(kGrad), x.master(), x.state(kSum), e - b, s,
+                     x.round());
   });
 }
 
@@ -184,22 +155,80 @@ void null_typed(const TensorList& tl, int n_rw) {
   }
 }
 
+// The exponent bits of every element, OR-ed: all ones exactly when some
+// element is inf or NaN (no branch in the loop, so it vectorises).
+template <typename U>
+FT_CLONES bool range_nonfinite(const U* __restrict x, int64_t n, U exp_mask) {
+  U acc = 0;
+  for (int64_t i = 0; i < n; ++i) acc |= U((x[i] & exp_mask) == exp_mask);
+  return acc != 0;
+}
+
+template <typename U>
+bool list_nonfinite(const TensorList& tl, U exp_mask) {
+  std::atomic<bool> found{false};
+  multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
+    if (range_nonfinite<U>(tl.get<U>(i, 0) + b, e - b, exp_mask))
+      found.store(true, std::memory_order_relaxed);
+  });
+  return found.load();
+}
+
 }  // namespace
 
-void adam_step(const TensorList& tl, DType dt, const AdamHyper& h, int64_t step) {
-  dt == DType::F32 ? adam_typed<float>(tl, h, step) : adam_typed<double>(tl, h, step);
+void adam_step(const TensorList& tl, const StepLayout& lay, const AdamHyper& h, int64_t step) {
+  with_layout(lay.param, lay.state, lay.stochastic, [&](auto l) {
+    using L = decltype(l);
+    const auto s = make_adam_scalars<typename L::T>(h, step);
+    with_adam_variant(h, [&](auto v) {
+      using V = decltype(v);
+      adam_list<L, V::kWeightDecay, V::kAmsGrad>(tl, lay, s);
+    });
+  });
 }
-void sgd_step(const TensorList& tl, DType dt, const SgdHyper& h, int64_t step) {
-  dt == DType::F32 ? sgd_typed<float>(tl, h, step) : sgd_typed<double>(tl, h, step);
+
+void sgd_step(const TensorList& tl, const StepLayout& lay, const SgdHyper& h, int64_t step) {
+  with_layout(lay.param, lay.state, lay.stochastic, [&](auto l) {
+    using L = decltype(l);
+    const auto s = make_sgd_scalars<typename L::T>(h);
+    with_sgd_variant(h, step, [&](auto v) {
+      using V = decltype(v);
+      sgd_list<L, V::kMomentum, V::kNesterov>(tl, lay, s);
+    });
+  });
 }
-void rmsprop_step(const TensorList& tl, DType dt, const RmspropHyper& h) {
-  dt == DType::F32 ? rmsprop_typed<float>(tl, h) : rmsprop_typed<double>(tl, h);
+
+void rmsprop_step(const TensorList& tl, const StepLayout& lay, const RmspropHyper& h) {
+  with_layout(lay.param, lay.state, lay.stochastic, [&](auto l) {
+    using L = decltype(l);
+    const auto s = make_rmsprop_scalars<typename L::T>(h);
+    with_rmsprop_variant(h, [&](auto v) {
+      using V = decltype(v);
+      rmsprop_list<L, V::kCentered, V::kMomentum>(tl, lay, s);
+    });
+  });
 }
-void adagrad_step(const TensorList& tl, DType dt, const AdagradHyper& h, int64_t step) {
-  dt == DType::F32 ? adagrad_typed<float>(tl, h, step) : adagrad_typed<double>(tl, h, step);
+
+void adagrad_step(const TensorList& tl, const StepLayout& lay, const AdagradHyper& h,
+                  int64_t step) {
+  with_layout(lay.param, lay.state, lay.stochastic, [&](auto l) {
+    using L = decltype(l);
+    adagrad_list<L>(tl, lay, make_adagrad_scalars<typename L::T>(h, step));
+  });
 }
+
 void null_step(const TensorList& tl, DType dt, int n_rw) {
   dt == DType::F32 ? null_typed<float>(tl, n_rw) : null_typed<double>(tl, n_rw);
+}
+
+bool any_nonfinite(const TensorList& tl, DType dt) {
+  switch (dt) {
+    case DType::F32: return list_nonfinite<uint32_t>(tl, 0x7F800000u);
+    case DType::F64: return list_nonfinite<uint64_t>(tl, 0x7FF0000000000000ull);
+    case DType::F16: return list_nonfinite<uint16_t>(tl, 0x7C00u);
+    case DType::BF16: return list_nonfinite<uint16_t>(tl, 0x7F80u);
+  }
+  return false;
 }
 
 }  // namespace fusedtrain::cpu

@@ -136,7 +136,8 @@ def _current_stream(first) -> int:
 class _CudaOps:
     """``_cuda``'s optimizer steps under ``_core``'s signatures: every
     positional argument as ``_core`` takes it (ending with ``dry_run``), the
-    stream appended here. A dry run needs no stream and no device."""
+    stream appended here, keyword arguments passed on. A dry run needs no
+    stream and no device."""
 
     __slots__ = ("_first",)
 
@@ -148,17 +149,17 @@ class _CudaOps:
             return 0  # nothing will be launched (_cuda raises without a device)
         return _current_stream(self._first)
 
-    def adam_(self, *args):
-        return _cuda.adam_(*args, self._stream(args[-1]))
+    def adam_(self, *args, **kwargs):
+        return _cuda.adam_(*args, self._stream(args[-1]), **kwargs)
 
-    def sgd_(self, *args):
-        return _cuda.sgd_(*args, self._stream(args[-1]))
+    def sgd_(self, *args, **kwargs):
+        return _cuda.sgd_(*args, self._stream(args[-1]), **kwargs)
 
-    def rmsprop_(self, *args):
-        return _cuda.rmsprop_(*args, self._stream(args[-1]))
+    def rmsprop_(self, *args, **kwargs):
+        return _cuda.rmsprop_(*args, self._stream(args[-1]), **kwargs)
 
-    def adagrad_(self, *args):
-        return _cuda.adagrad_(*args, self._stream(args[-1]))
+    def adagrad_(self, *args, **kwargs):
+        return _cuda.adagrad_(*args, self._stream(args[-1]), **kwargs)
 
 
 _device_present = None
