@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from . import amp as _amp
 from . import metrics as _metrics
 from . import optim as _optim
 from . import schedules as _schedules
@@ -297,6 +298,25 @@ def _optimizer(model, optimizer, lr):
     return cls(model.parameters(), lr=lr)
 
 
+def _loss_scaler(loss_scale, state):
+    """None, or the scaler fit steps through: "dynamic" (kept in the train
+    state, so a later fit goes on with its scale), a number (a static scale
+    that still skips overflowing steps) or a DynamicLossScaler."""
+    if loss_scale is None:
+        return None
+    if isinstance(loss_scale, _amp.DynamicLossScaler):
+        return loss_scale
+    if isinstance(loss_scale, str) and loss_scale == "dynamic":
+        scaler = state.get("loss_scaler")
+        if scaler is None:
+            scaler = state["loss_scaler"] = _amp.DynamicLossScaler()
+        return scaler
+    if isinstance(loss_scale, numbers.Real) and not isinstance(loss_scale, bool):
+        return _amp.DynamicLossScaler(loss_scale, growth_factor=1.0, backoff_factor=1.0)
+    raise ValueError("loss_scale must be None, 'dynamic', a number > 0 or a DynamicLossScaler; "
+                     f"received {loss_scale!r}")
+
+
 def _metric_fns(metrics):
     if metrics is None:
         return {}
@@ -334,7 +354,7 @@ class _Batcher:
 
 def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, batch_size=128,
         shuffle=True, seed=0, validation_data=None, validation_split=None, metrics=("accuracy",),
-        schedule=None, callbacks=(), progress=True):
+        schedule=None, callbacks=(), progress=True, loss_scale=None):
     """Train ``model`` on (x, y); returns the :class:`History` (also model.history).
 
     loss: "cross_entropy" (integer labels), "bce" or "mse", or a Loss.
@@ -347,6 +367,13 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
     observes ``val_loss``, else ``loss``, once per epoch).
     Training continues where an earlier fit (or a loaded checkpoint) left
     off: the step count, the shuffling RNG and the dropout streams go on.
+    loss_scale: None (default: no scaling), "dynamic" (a
+    :class:`fusedtrain.amp.DynamicLossScaler` with torch's defaults), a
+    number (a static scale) or a DynamicLossScaler. The loss gradient is
+    multiplied by the scale before backward; the optimizer unscales inside
+    its fused step, and a step whose gradients hold inf or NaN is skipped
+    (the dynamic scale then halves; it doubles after 2000 clean steps).
+    The epoch logs gain ``loss_scale``.
     """
     loss_fn = _losses.get(loss)
     x = _inputs(model, x)
@@ -381,6 +408,7 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
     state = model.train_state
     if state is None:
         state = model.train_state = {"epoch": 0, "step": 0, "rng": np.random.default_rng(seed)}
+    scaler = _loss_scaler(loss_scale, state)
     if schedule is None:
         sched = None
     elif isinstance(schedule, str):
@@ -424,8 +452,14 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
             batch_loss, dout = loss_fn(out, yb)
             for k, f in metric_fns.items():  # before backward: out is still this batch's
                 sums[k] += f(yb, out) * len(idx)
-            model.backward(dout)
-            opt.step(grads)
+            if scaler is None:
+                model.backward(dout)
+                opt.step(grads)
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):  # inf: a skipped step
+                    dout *= dout.dtype.type(scaler.scale)
+                model.backward(dout)
+                scaler.step(opt, grads)
             state["step"] += 1
             total_loss += float(batch_loss) * len(idx)
             bar.update(float(batch_loss), opt.param_groups[0]["lr"])
@@ -435,6 +469,8 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
             logs.update({"val_" + k: v for k, v in
                          evaluate(model, xv, yv, loss=loss_fn, metrics=metric_fns).items()})
         logs["lr"] = float(opt.param_groups[0]["lr"])
+        if scaler is not None:
+            logs["loss_scale"] = scaler.scale
         logs["time"] = time.perf_counter() - t0
         state["epoch"] += 1
         if sched is not None and hasattr(sched, "observe"):
