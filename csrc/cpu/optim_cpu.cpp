@@ -4,7 +4,9 @@
 // the best one picked at load time for the CPU it runs on.
 #include "cpu/optim_cpu.h"
 
+#include <algorithm>
 #include <atomic>
+#include <type_traits>
 
 #include "cpu/simd.h"
 
@@ -22,9 +24,9 @@ const char* simd_level() {
 namespace {
 
 // ---------------------------------------------------------------------------
-// inner loops: p, g, states (and master) are (n,) pieces of one tensor; rc
-// numbers the piece's elements for stochastic rounding. The element
-// functions (optim_elem.h) do the loads, the update and the stores.
+// inner loops of a float32 / float64 step: p, g and the states are (n,)
+// pieces of one tensor. The element functions (optim_elem.h) do the loads,
+// the update and the stores (master and rc are unused by these layouts).
 // ---------------------------------------------------------------------------
 template <class L, WeightDecay WD, AmsGrad A>
 FT_CLONES void adam_range(typename L::param_t* __restrict p, const typename L::param_t* __restrict g,
@@ -56,6 +58,88 @@ FT_CLONES void adagrad_range(typename L::param_t* __restrict p,
                              typename L::state_t* __restrict sum, int64_t n,
                              const AdagradScalars<typename L::T> s, const RoundCtx rc) {
   for (int64_t i = 0; i < n; ++i) adagrad_element<L>(p, g, master, sum, i, s, rc);
+}
+
+// ---------------------------------------------------------------------------
+// mixed precision: GCC does not vectorise the element functions of a narrow
+// layout as one loop (the optimizers' loop-invariant selects stay branches in
+// the larger body), so a narrow piece is stepped tile by tile: its narrow
+// buffers are widened into float32 tiles (on the stack, in L1), the plain
+// float32 loop above steps the master and the tiles, and the tiles are
+// narrowed back. Each pass vectorises; the arithmetic per element is the
+// element functions' exactly (the CUDA kernels call those).
+// ---------------------------------------------------------------------------
+constexpr int64_t kTile = 512;
+using F32Layout = Layout<float, float, Rounding::Nearest>;
+
+template <typename S>
+FT_CLONES void widen_range(const S* __restrict x, float* __restrict out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = widen(x[i]);
+}
+
+template <typename S>
+FT_CLONES void narrow_range(S* __restrict out, const float* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) narrow(out[i], x[i]);
+}
+
+// One Philox block per four elements (rc.bits(i) would compute each block
+// four times); element i takes word (rc.base + i) % 4 of block (rc.base + i) / 4.
+template <typename P>
+FT_CLONES void narrow_sr_range(P* __restrict out, const float* __restrict x, int64_t n,
+                               const RoundCtx rc) {
+  int64_t i = 0;
+  while (i < n) {
+    const uint64_t e = uint64_t(rc.base + i);
+    const Philox4 r = dropout_block(e >> 2, rc.seed, rc.offset);
+    for (uint64_t w = e & 3u; w < 4 && i < n; ++w, ++i) narrow_sr(out[i], x[i], r.v[w]);
+  }
+}
+
+// A float32 view of n elements of a state buffer: the buffer itself when it
+// is float32, else `tile` filled from it (null stays null: an unused state).
+template <typename S>
+float* widened(S* x, float* tile, int64_t n) {
+  if constexpr (std::is_same_v<S, float>) {
+    return x;
+  } else {
+    if (x == nullptr) return nullptr;
+    widen_range(x, tile, n);
+    return tile;
+  }
+}
+
+template <typename S>
+void narrowed(S* x, const float* tile, int64_t n) {
+  if constexpr (!std::is_same_v<S, float>) {
+    if (x != nullptr) narrow_range(x, tile, n);
+  }
+}
+
+// Steps the n-element narrow piece (p, g, master, states s0..s2, null where
+// unused) with plain(master, g32, s0_32, s1_32, s2_32, len), one tile at a
+// time, then rounds the master into p.
+template <class L, class Plain>
+void mixed_tiles(typename L::param_t* p, const typename L::param_t* g, float* master,
+                 typename L::state_t* s0, typename L::state_t* s1, typename L::state_t* s2,
+                 int64_t n, const RoundCtx& rc, Plain&& plain) {
+  alignas(64) float tg[kTile], t0[kTile], t1[kTile], t2[kTile];
+  for (int64_t b = 0; b < n; b += kTile) {
+    const int64_t len = std::min(kTile, n - b);
+    auto at = [&](typename L::state_t* x) { return x == nullptr ? nullptr : x + b; };
+    widen_range(g + b, tg, len);
+    float* w0 = widened(at(s0), t0, len);
+    float* w1 = widened(at(s1), t1, len);
+    float* w2 = widened(at(s2), t2, len);
+    plain(master + b, tg, w0, w1, w2, len);
+    narrowed(at(s0), w0, len);
+    narrowed(at(s1), w1, len);
+    narrowed(at(s2), w2, len);
+    if constexpr (L::kRounding == Rounding::Stochastic) {
+      narrow_sr_range(p + b, master + b, len, RoundCtx{rc.seed, rc.offset, rc.base + b});
+    } else {
+      narrow_range(p + b, master + b, len);
+    }
+  }
 }
 
 // Same traffic as a step, trivial math: rw buffers read and written, the last
@@ -96,9 +180,17 @@ void adam_list(const TensorList& tl, const StepLayout& lay, const AdamScalars<ty
   using namespace adam_slot;
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
     const Pieces<L> x{tl, lay, i, b};
-    adam_range<L, WD, A>(x.param(kParam), x.param(kGrad), x.master(), x.state(kExpAvg),
-                         x.state(kExpAvgSq), x.state_if(A == AmsGrad::On, kMaxExpAvgSq), e - b,
-                         s, x.round());
+    auto* vmax = x.state_if(A == AmsGrad::On, kMaxExpAvgSq);
+    if constexpr (L::kMaster) {
+      mixed_tiles<L>(x.param(kParam), x.param(kGrad), x.master(), x.state(kExpAvg),
+                     x.state(kExpAvgSq), vmax, e - b, x.round(),
+                     [&](float* p, const float* g, float* m, float* v, float* vm, int64_t n) {
+                       adam_range<F32Layout, WD, A>(p, g, nullptr, m, v, vm, n, s, {});
+                     });
+    } else {
+      adam_range<L, WD, A>(x.param(kParam), x.param(kGrad), nullptr, x.state(kExpAvg),
+                           x.state(kExpAvgSq), vmax, e - b, s, {});
+    }
   });
 }
 
@@ -107,8 +199,15 @@ void sgd_list(const TensorList& tl, const StepLayout& lay, const SgdScalars<type
   using namespace sgd_slot;
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
     const Pieces<L> x{tl, lay, i, b};
-    sgd_range<L, M, N>(x.param(kParam), x.param(kGrad), x.master(),
-                       x.state_if(M != Momentum::Off, kMomentumBuffer), e - b, s, x.round());
+    auto* buf = x.state_if(M != Momentum::Off, kMomentumBuffer);
+    if constexpr (L::kMaster) {
+      mixed_tiles<L>(x.param(kParam), x.param(kGrad), x.master(), buf, nullptr, nullptr, e - b,
+                     x.round(), [&](float* p, const float* g, float* bf, float*, float*, int64_t n) {
+                       sgd_range<F32Layout, M, N>(p, g, nullptr, bf, n, s, {});
+                     });
+    } else {
+      sgd_range<L, M, N>(x.param(kParam), x.param(kGrad), nullptr, buf, e - b, s, {});
+    }
   });
 }
 
@@ -120,9 +219,18 @@ void rmsprop_list(const TensorList& tl, const StepLayout& lay,
   constexpr int kBuf = kOptional + (C == Centered::On ? 1 : 0);
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
     const Pieces<L> x{tl, lay, i, b};
-    rmsprop_range<L, C, M>(x.param(kParam), x.param(kGrad), x.master(), x.state(kSquareAvg),
-                           x.state_if(C == Centered::On, kGradAvg),
-                           x.state_if(M == Momentum::On, kBuf), e - b, s, x.round());
+    auto* ga = x.state_if(C == Centered::On, kGradAvg);
+    auto* buf = x.state_if(M == Momentum::On, kBuf);
+    if constexpr (L::kMaster) {
+      mixed_tiles<L>(x.param(kParam), x.param(kGrad), x.master(), x.state(kSquareAvg), ga, buf,
+                     e - b, x.round(),
+                     [&](float* p, const float* g, float* sq, float* a, float* bf, int64_t n) {
+                       rmsprop_range<F32Layout, C, M>(p, g, nullptr, sq, a, bf, n, s, {});
+                     });
+    } else {
+      rmsprop_range<L, C, M>(x.param(kParam), x.param(kGrad), nullptr, x.state(kSquareAvg), ga,
+                             buf, e - b, s, {});
+    }
   });
 }
 
@@ -132,8 +240,15 @@ void adagrad_list(const TensorList& tl, const StepLayout& lay,
   using namespace adagrad_slot;
   multi_tensor_apply(tl, [&](int64_t i, int64_t b, int64_t e) {
     const Pieces<L> x{tl, lay, i, b};
-    adagrad_range<L>(x.param(kParam), x.param(kGrad), x.master(), x.state(kSum), e - b, s,
-                     x.round());
+    if constexpr (L::kMaster) {
+      mixed_tiles<L>(x.param(kParam), x.param(kGrad), x.master(), x.state(kSum), nullptr, nullptr,
+                     e - b, x.round(),
+                     [&](float* p, const float* g, float* sum, float*, float*, int64_t n) {
+                       adagrad_range<F32Layout>(p, g, nullptr, sum, n, s, {});
+                     });
+    } else {
+      adagrad_range<L>(x.param(kParam), x.param(kGrad), nullptr, x.state(kSum), e - b, s, {});
+    }
   });
 }
 

@@ -53,26 +53,36 @@ FT_HD float ft_bits_float(uint32_t u) {
 #endif
 }
 
+// c ? a : b with masks: GCC keeps some selects of integers as branches, which
+// stops a loop from vectorising.
+FT_HD uint32_t select_bits(bool c, uint32_t a, uint32_t b) {
+  const uint32_t mask = 0u - uint32_t(c);
+  return (a & mask) | (b & ~mask);
+}
+
 // ---------------------------------------------------------------------------
 // bfloat16: the top 16 bits of a float32
 // ---------------------------------------------------------------------------
 FT_HD float bf16_to_float(BFloat16 h) { return ft_bits_float(uint32_t(h.bits) << 16); }
 
+// NaN -> the canonical quiet NaN with its sign; else `rounded`. Written with
+// masks (no select) so that it vectorises inside any loop body.
+FT_HD uint16_t bf16_or_nan(uint32_t u, uint32_t rounded) {
+  const uint32_t nan = 0u - uint32_t((u & 0x7FFFFFFFu) > 0x7F800000u);  // all ones for NaN
+  return uint16_t((rounded & ~nan) | ((((u >> 16) & 0x8000u) | 0x7FC0u) & nan));
+}
+
 FT_HD BFloat16 float_to_bf16(float f) {
   const uint32_t u = ft_float_bits(f);
-  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
   // adding 0x7FFF plus the lowest kept bit rounds half to even; a carry
   // moves into the exponent (up to inf) as it should
-  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-  return BFloat16{uint16_t(nan ? ((u >> 16) & 0x8000u) | 0x7FC0u : rounded)};
+  return BFloat16{bf16_or_nan(u, (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
 }
 
 // r: 32 random bits (the low 16 are used).
 FT_HD BFloat16 float_to_bf16_sr(float f, uint32_t r) {
   const uint32_t u = ft_float_bits(f);
-  const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
-  const uint32_t rounded = (u + (r & 0xFFFFu)) >> 16;
-  return BFloat16{uint16_t(nan ? ((u >> 16) & 0x8000u) | 0x7FC0u : rounded)};
+  return BFloat16{bf16_or_nan(u, (u + (r & 0xFFFFu)) >> 16)};
 }
 
 // ---------------------------------------------------------------------------
@@ -84,10 +94,9 @@ FT_HD float half_to_float(Half h) {
   const uint32_t man = h.bits & 0x3FFu;
   // subnormal (and zero): man * 2^-24, exact in float32
   const float sub = float(int(man)) * 5.9604644775390625e-08f;
-  const uint32_t bits = exp == 0 ? ft_float_bits(sub)
-                        : exp == 31 ? 0x7F800000u | (man << 13)
-                                    : ((exp + 112u) << 23) | (man << 13);
-  return ft_bits_float(sign | bits);
+  const uint32_t wide = select_bits(exp == 31, 0x7F800000u | (man << 13),
+                                    ((exp + 112u) << 23) | (man << 13));
+  return ft_bits_float(sign | select_bits(exp == 0, ft_float_bits(sub), wide));
 }
 
 namespace lowp_detail {
@@ -101,38 +110,38 @@ constexpr uint32_t kRebias = 0x38000000u;         // (127 - 15) << 23
 // NaN: the top 10 payload bits, never all zero (that would read as inf)
 FT_HD uint32_t half_nan(uint32_t a) {
   const uint32_t payload = (a >> 13) & 0x3FFu;
-  return 0x7C00u | (payload == 0 ? 1u : payload);
+  return 0x7C00u | payload | uint32_t(payload == 0);
 }
 }  // namespace lowp_detail
 
+// Every case is computed and one selected (no branch), so that the CPU loops
+// vectorise; the variable shifts are per-lane shifts.
 FT_HD Half float_to_half(float f) {
   using namespace lowp_detail;
   const uint32_t u = ft_float_bits(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t a = u & 0x7FFFFFFFu;
-  uint32_t h;
-  if (a > 0x7F800000u) {
-    h = half_nan(a);
-  } else if (a >= kHalfOverflow) {  // inf, or finite beyond 2^16
-    h = 0x7C00u;
-  } else if (a >= kHalfNormalMin) {
-    // drop 13 mantissa bits; a carry moves into the exponent (65520 -> inf)
-    h = (a - kRebias) >> 13;
-    const uint32_t rem = a & 0x1FFFu;
-    h += uint32_t(rem > 0x1000u) | (uint32_t(rem == 0x1000u) & (h & 1u));
-  } else {
-    // subnormal: significand * 2^-s in units of 2^-24, s >= 14
-    const uint32_t s = subnormal_shift(a);
-    if (s > 24) {
-      h = 0;  // below 2^-25 (half the smallest subnormal): zero
-    } else {
-      const uint32_t m = significand(a);
-      h = m >> s;
-      const uint32_t rem = m & ((1u << s) - 1u);
-      const uint32_t half = 1u << (s - 1u);
-      h += uint32_t(rem > half) | (uint32_t(rem == half) & (h & 1u));
-    }
-  }
+  // normal range [2^-14, 2^16): drop 13 mantissa bits, round half to even; a
+  // carry moves into the exponent (65520 -> inf). (Wraps below the range,
+  // where it is not selected.)
+  uint32_t normal = (a - kRebias) >> 13;
+  const uint32_t rem = a & 0x1FFFu;
+  normal += uint32_t(rem + (normal & 1u) > 0x1000u);  // above half, or half and odd
+  // subnormal range: significand * 2^-s in units of 2^-24, s = 126 - exponent
+  // >= 14; s is clamped to 25, where every significand (< 2^24) rounds to 0,
+  // as all smaller magnitudes do
+  const int32_t e = int32_t(a >> 23);
+  const int32_t lo = 126 - e < 14 ? 14 : 126 - e;
+  const uint32_t sh = uint32_t(lo > 25 ? 25 : lo);
+  const uint32_t m = significand(a);
+  uint32_t sub = m >> sh;
+  const uint32_t srem = m & ((1u << sh) - 1u);
+  const uint32_t shalf = 1u << (sh - 1u);
+  sub += uint32_t(srem + (sub & 1u) > shalf);
+  const uint32_t h =
+      select_bits(a > 0x7F800000u, half_nan(a),
+                  select_bits(a >= kHalfOverflow, 0x7C00u,
+                              select_bits(a >= kHalfNormalMin, normal, sub)));
   return Half{uint16_t(sign | h)};
 }
 
