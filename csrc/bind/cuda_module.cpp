@@ -211,7 +211,7 @@ bool has_device() {
 // sharing memory. Where a GPU is present, every non-empty array must also be
 // device memory on the current device. Raises TypeError / ValueError naming
 // the argument, the expected and the received value.
-CheckedList check_lists(const std::vector<SlotArg>& slots) {
+CheckedList check_lists(const std::vector<SlotArg>& slots, bool step = true) {
   const SlotArg& first = slots.front();
   const py::ssize_t n = common_length(slots);
 
@@ -224,7 +224,7 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
   if (!dtype_of(param.typestr, pdt))
     throw py::type_error(p0 + ": expected dtype float32, float64, float16 or bfloat16, received " +
                          typestr_name(param.typestr));
-  check_master(pdt, find_role(slots, Role::Master) != nullptr);
+  if (step) check_master(pdt, find_role(slots, Role::Master) != nullptr);
   cuda::DType sdt = pdt;
   std::string state_why = "the dtype of " + p0;
   if (const SlotArg* st = find_role(slots, Role::State); st != nullptr && is_narrow(pdt)) {
@@ -331,24 +331,34 @@ void require_device() {
 
 void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
-// found_inf as the kernels read it: None, or a 1-element float32 GPU array
-// (its device pointer; checked to be device memory where a GPU is present).
-const float* found_inf_ptr(py::handle h) {
-  if (h.is_none()) return nullptr;
+// A 1-element float32 GPU array (found_inf, read inside the kernels; or the
+// flag found_nonfinite_ writes): its device pointer, checked to be device
+// memory where a GPU is present. `name` names it in messages.
+float* flag_ptr(const char* name, py::handle h, bool writable) {
   DevArray a;
-  parse("found_inf", h, "a 1-element float32 GPU array (read inside the kernel)", a);
+  parse(name, h, "a 1-element float32 GPU array", a);
   if (a.typestr != "<f4" || a.numel != 1)
-    throw py::type_error("found_inf: expected a 1-element float32 GPU array, received dtype " +
+    throw py::type_error(std::string(name) +
+                         ": expected a 1-element float32 GPU array, received dtype " +
                          typestr_name(a.typestr) + " and shape " + shape_str(a));
   if (a.ptr % 4 != 0)
-    throw py::value_error("found_inf: expected an aligned array, received an unaligned one");
+    throw py::value_error(std::string(name) +
+                          ": expected an aligned array, received an unaligned one");
+  if (writable && a.readonly)
+    throw py::value_error(std::string(name) +
+                          ": expected a writable array, received a read-only array");
   if (has_device()) {
     const cuda::PointerQuery q = cuda::query_pointer(reinterpret_cast<void*>(a.ptr));
     if (q.error != 0 || !q.device_memory)
-      throw py::value_error("found_inf: expected GPU memory (device or managed), received host "
-                            "or unregistered memory");
+      throw py::value_error(std::string(name) +
+                            ": expected GPU memory (device or managed), received host or "
+                            "unregistered memory");
   }
-  return reinterpret_cast<const float*>(a.ptr);
+  return reinterpret_cast<float*>(a.ptr);
+}
+
+const float* found_inf_ptr(py::handle h) {
+  return h.is_none() ? nullptr : flag_ptr("found_inf", h, false);
 }
 
 cuda::StepLayout layout_of(const CheckedList& c, py::handle found_inf, bool stochastic,
@@ -456,6 +466,20 @@ void bind_cuda_optim(py::module_& m) {
       py::arg("params"), py::arg("grads"), py::arg("state_sum"), py::arg("step"), py::arg("lr"),
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("l1"),
       py::arg("maximize"), py::arg("dry_run"), py::arg("stream"));
+
+  m.def(
+      "found_nonfinite_",
+      [](py::handle arrays, py::handle out, bool dry_run, uintptr_t stream) {
+        const CheckedList c = check_lists({{"arrays", arrays, false}}, false);
+        float* flag = flag_ptr("out", out, true);
+        if (dry_run) return;
+        require_device();
+        py::gil_scoped_release nogil;
+        cuda::found_nonfinite(c.dl, c.dtype, flag, as_stream(stream));
+      },
+      py::arg("arrays"), py::arg("out"), py::arg("dry_run"), py::arg("stream"),
+      "Sets out (a 1-element float32 GPU array) to 1 when any element of the GPU arrays is\n"
+      "inf or NaN, on `stream`, without waiting; leaves it unchanged otherwise.");
 }
 
 }  // namespace bind

@@ -95,6 +95,23 @@ struct AdagradOp {
   }
 };
 
+// The non-finite check of a gradient list (the CPU's any_nonfinite): the
+// elements as unsigned integers of their width, all exponent bits set means
+// inf or NaN. Every thread that finds one writes the same 1.0f.
+template <typename U>
+struct NonfiniteOp {
+  using value_type = U;
+  static constexpr int kDepth = 1;
+  __host__ __device__ static constexpr bool reads(int) { return true; }
+  __host__ __device__ static constexpr bool writes(int) { return false; }
+  U exp_mask;
+  float* flag;
+
+  __host__ __device__ void operator()(U (&x)[1]) const {
+    if ((x[0] & exp_mask) == exp_mask) *flag = 1.0f;
+  }
+};
+
 // ---------------------------------------------------------------------------
 // Mixed precision (float16 / bfloat16 params, float32 master weights): the
 // buffers have different element types, so these run element by element
@@ -296,6 +313,15 @@ void rmsprop_step(const DeviceList& dl, const StepLayout& lay, const RmspropHype
       }
     });
   });
+}
+
+void found_nonfinite(const DeviceList& dl, DType dt, float* flag, void* stream) {
+  switch (dt) {
+    case DType::F32: return run(dl, NonfiniteOp<uint32_t>{0x7F800000u, flag}, stream);
+    case DType::F64: return run(dl, NonfiniteOp<uint64_t>{0x7FF0000000000000ull, flag}, stream);
+    case DType::F16: return run(dl, NonfiniteOp<uint16_t>{uint16_t(0x7C00u), flag}, stream);
+    case DType::BF16: return run(dl, NonfiniteOp<uint16_t>{uint16_t(0x7F80u), flag}, stream);
+  }
 }
 
 void adagrad_step(const DeviceList& dl, const StepLayout& lay, const AdagradHyper& h,

@@ -55,4 +55,9 @@ void rmsprop_step(const DeviceList& dl, const StepLayout& lay, const RmspropHype
 void adagrad_step(const DeviceList& dl, const StepLayout& lay, const AdagradHyper& h,
                   int64_t step, void* stream);
 
+// Sets *flag (a device float) to 1 when any element of the list's arrays
+// (one slot of dtype dt) is inf or NaN; leaves it as it is otherwise (the
+// caller zeroes it first). Nothing waits for the result.
+void found_nonfinite(const DeviceList& dl, DType dt, float* flag, void* stream);
+
 }  // namespace fusedtrain::cuda

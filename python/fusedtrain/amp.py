@@ -23,18 +23,34 @@ import numbers
 import numpy as np
 
 from . import _validate as V
-from .backend import _core
+from .backend import _core, module_for
 
 __all__ = ["DynamicLossScaler", "found_nonfinite"]
 
 
-def found_nonfinite(arrays) -> bool:
-    """True when any element of ``arrays`` (an array or a list of NumPy
-    arrays of one dtype: float32, float64, float16 or bfloat16) is inf or
-    NaN: one fused parallel pass over the exponent bits, no temporaries."""
-    if isinstance(arrays, np.ndarray):
+def found_nonfinite(arrays, out=None):
+    """Whether any element of ``arrays`` (an array or a list of arrays of one
+    dtype: float32, float64, float16 or bfloat16) is inf or NaN: one fused
+    parallel pass over the exponent bits, no temporaries.
+
+    NumPy arrays: returns a bool (``out`` must be None). GPU arrays: ``out``
+    is a 1-element float32 GPU array, set to 1 on the caller's stream when
+    inf or NaN is found and left as it is otherwise (zero it first); it is
+    returned, and can be passed as ``found_inf`` to the optimizer steps,
+    which read it inside the kernel: no synchronisation anywhere."""
+    if not isinstance(arrays, (list, tuple)):
         arrays = [arrays]
-    return bool(_core.found_nonfinite(list(arrays)))
+    if arrays and isinstance(arrays[0], np.ndarray):
+        if out is not None:
+            raise TypeError("out: expected None for NumPy arrays (the result is returned), "
+                            f"received {type(out).__name__}")
+        return bool(_core.found_nonfinite(list(arrays)))
+    if not arrays:
+        raise ValueError("arrays: expected a non-empty list of arrays, received an empty list")
+    if out is None:
+        raise TypeError("out: expected a 1-element float32 GPU array for GPU arrays, received None")
+    module_for(arrays[0]).found_nonfinite_(list(arrays), out)
+    return out
 
 
 class DynamicLossScaler:

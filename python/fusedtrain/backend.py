@@ -161,6 +161,9 @@ class _CudaOps:
     def adagrad_(self, *args, **kwargs):
         return _cuda.adagrad_(*args, self._stream(args[-1]), **kwargs)
 
+    def found_nonfinite_(self, arrays, out, dry_run=False):
+        return _cuda.found_nonfinite_(arrays, out, dry_run, self._stream(dry_run))
+
 
 _device_present = None
 
