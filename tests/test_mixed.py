@@ -696,3 +696,19 @@ def test_object_bad_state_dtype():
         optim.Adam([np.zeros(3, BF16)], master_weights=True, state_dtype="float16")
     with pytest.raises(ValueError, match=r"state_dtype"):
         optim.Adam([np.zeros(3, np.float32)], state_dtype="bfloat16")
+
+
+def test_null_mixed_step_does_what_the_benchmark_says():
+    """The mixed-precision memory ceiling of bench/mixed.py: w0 += x,
+    w_k = w_k * 0.5 + x, params = the top 16 bits of w0 (x = widened grad)."""
+    rng = make_rng("null-mixed")
+    w = random_list(rng, [(1001,)] * 3, np.float32)
+    g = random_list(rng, [(1001,)], np.float32)[0].astype(BF16)
+    p = np.zeros(1001, BF16)
+    want = [w[0] + g.astype(np.float32)] + [a * np.float32(0.5) + g.astype(np.float32) for a in w[1:]]
+    fusedtrain._core.null_mixed_step_([p], [g], [[a] for a in w])
+    for a, b in zip(w, want):
+        assert bits(a) == bits(b)
+    assert bits(p) == bits((want[0].view(np.uint32) >> 16).astype(np.uint16))
+    with pytest.raises(TypeError, match=r"params\[0\]: expected dtype bfloat16"):
+        fusedtrain._core.null_mixed_step_([p.astype(np.float16)], [g.astype(np.float16)], [[w[0]]])

@@ -138,6 +138,28 @@ void bind_optim(py::module_& m) {
       "Each list in `written` is read and updated in place; `read` is read only.");
 
   m.def(
+      "null_mixed_step_",
+      [](py::handle params, py::handle grads, py::handle written) {
+        const py::ssize_t nw = py::len(written);
+        if (nw < 1 || nw > 3)
+          throw py::value_error("written: expected 1 to 3 lists of float32 arrays, received " +
+                                std::to_string(nw));
+        static const char* names[] = {"written[0]", "written[1]", "written[2]"};
+        std::vector<SlotArg> slots = {{"params", params, true}, {"grads", grads, false}};
+        for (py::ssize_t k = 0; k < nw; ++k)
+          slots.push_back({names[k], written[py::int_(k)], true, Role::Master});
+        const CheckedList c = check_lists(slots, false);
+        if (c.dtype != DType::BF16)
+          throw py::type_error(std::string("params[0]: expected dtype bfloat16, received ") +
+                               dtype_name(c.dtype));
+        py::gil_scoped_release nogil;
+        cpu::null_mixed_step(c.tl, int(nw));
+      },
+      py::arg("params"), py::arg("grads"), py::arg("written"),
+      "Benchmark memory ceiling of a mixed-precision step: bfloat16 `params` written,\n"
+      "bfloat16 `grads` read, each float32 list in `written` read and updated in place.");
+
+  m.def(
       "found_nonfinite",
       [](py::handle arrays) {
         const CheckedList c = check_lists({{"arrays", arrays, false}}, false);

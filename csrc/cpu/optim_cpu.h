@@ -39,6 +39,12 @@ void adagrad_step(const TensorList& tl, const StepLayout& lay, const AdagradHype
 // first n_rw of them back with trivial math (the same traffic as a step).
 void null_step(const TensorList& tl, DType dt, int n_rw);
 
+// The memory ceiling of a mixed-precision step: slot 0 (bfloat16 params) is
+// written only, slot 1 (bfloat16 grads) read only, slots 2.. (float32 master
+// and states, n_rw of them) read and written, with trivial math (the traffic
+// of bfloat16 + float32-master Adam for n_rw = 3).
+void null_mixed_step(const TensorList& tl, int n_rw);
+
 // Whether any element of the list's arrays (one slot, `dt`) is inf or NaN.
 bool any_nonfinite(const TensorList& tl, DType dt);
 
