@@ -29,7 +29,7 @@ namespace {
 // the update and the stores (master and rc are unused by these layouts).
 // ---------------------------------------------------------------------------
 template <class L, WeightDecay WD, AmsGrad A>
-FT_CLONES void adam_range(typename L::param_t* __restrict p, const typename L::param_t* __restrict g,
+FT_CLONES void adam_range(typename L::param_t* __restrict p, const typename L::grad_t* __restrict g,
                           float* __restrict master, typename L::state_t* __restrict m,
                           typename L::state_t* __restrict v, typename L::state_t* __restrict vmax,
                           int64_t n, const AdamScalars<typename L::T> s, const RoundCtx rc) {
@@ -37,7 +37,7 @@ FT_CLONES void adam_range(typename L::param_t* __restrict p, const typename L::p
 }
 
 template <class L, Momentum M, Nesterov N>
-FT_CLONES void sgd_range(typename L::param_t* __restrict p, const typename L::param_t* __restrict g,
+FT_CLONES void sgd_range(typename L::param_t* __restrict p, const typename L::grad_t* __restrict g,
                          float* __restrict master, typename L::state_t* __restrict buf, int64_t n,
                          const SgdScalars<typename L::T> s, const RoundCtx rc) {
   for (int64_t i = 0; i < n; ++i) sgd_element<L, M, N>(p, g, master, buf, i, s, rc);
@@ -45,7 +45,7 @@ FT_CLONES void sgd_range(typename L::param_t* __restrict p, const typename L::pa
 
 template <class L, Centered C, Momentum M>
 FT_CLONES void rmsprop_range(typename L::param_t* __restrict p,
-                             const typename L::param_t* __restrict g, float* __restrict master,
+                             const typename L::grad_t* __restrict g, float* __restrict master,
                              typename L::state_t* __restrict sq, typename L::state_t* __restrict ga,
                              typename L::state_t* __restrict buf, int64_t n,
                              const RmspropScalars<typename L::T> s, const RoundCtx rc) {
@@ -54,7 +54,7 @@ FT_CLONES void rmsprop_range(typename L::param_t* __restrict p,
 
 template <class L>
 FT_CLONES void adagrad_range(typename L::param_t* __restrict p,
-                             const typename L::param_t* __restrict g, float* __restrict master,
+                             const typename L::grad_t* __restrict g, float* __restrict master,
                              typename L::state_t* __restrict sum, int64_t n,
                              const AdagradScalars<typename L::T> s, const RoundCtx rc) {
   for (int64_t i = 0; i < n; ++i) adagrad_element<L>(p, g, master, sum, i, s, rc);
@@ -62,15 +62,18 @@ FT_CLONES void adagrad_range(typename L::param_t* __restrict p,
 
 // ---------------------------------------------------------------------------
 // mixed precision: GCC does not vectorise the element functions of a narrow
-// layout as one loop (the optimizers' loop-invariant selects stay branches in
-// the larger body), so a narrow piece is stepped tile by tile: its narrow
-// buffers are widened into float32 tiles (on the stack, in L1), the plain
-// float32 loop above steps the master and the tiles, and the tiles are
-// narrowed back. Each pass vectorises; the arithmetic per element is the
-// element functions' exactly (the CUDA kernels call those).
+// layout as one loop (stores of the narrow param in the larger body keep
+// branches that if-conversion gives up on), so a narrow piece is stepped
+// tile by tile: bfloat16 states are widened into float32 tiles (on the stack,
+// in L1), the float32 loop steps the master and the states reading the narrow
+// gradient itself, the tiles are narrowed back and the master rounded into
+// the param. Each pass vectorises; the arithmetic per element is the element
+// functions' exactly (the CUDA kernels call those).
 // ---------------------------------------------------------------------------
 constexpr int64_t kTile = 512;
-using F32Layout = Layout<float, float, Rounding::Nearest>;
+// float32 params (the master) and states with the narrow gradient G
+template <typename G>
+using TileLayout = Layout<float, float, Rounding::Nearest, G>;
 
 template <typename S>
 FT_CLONES void widen_range(const S* __restrict x, float* __restrict out, int64_t n) {
@@ -116,21 +119,20 @@ void narrowed(S* x, const float* tile, int64_t n) {
 }
 
 // Steps the n-element narrow piece (p, g, master, states s0..s2, null where
-// unused) with plain(master, g32, s0_32, s1_32, s2_32, len), one tile at a
+// unused) with plain(master, g, s0_32, s1_32, s2_32, len), one tile at a
 // time, then rounds the master into p.
 template <class L, class Plain>
 void mixed_tiles(typename L::param_t* p, const typename L::param_t* g, float* master,
                  typename L::state_t* s0, typename L::state_t* s1, typename L::state_t* s2,
                  int64_t n, const RoundCtx& rc, Plain&& plain) {
-  alignas(64) float tg[kTile], t0[kTile], t1[kTile], t2[kTile];
+  alignas(64) float t0[kTile], t1[kTile], t2[kTile];
   for (int64_t b = 0; b < n; b += kTile) {
     const int64_t len = std::min(kTile, n - b);
     auto at = [&](typename L::state_t* x) { return x == nullptr ? nullptr : x + b; };
-    widen_range(g + b, tg, len);
     float* w0 = widened(at(s0), t0, len);
     float* w1 = widened(at(s1), t1, len);
     float* w2 = widened(at(s2), t2, len);
-    plain(master + b, tg, w0, w1, w2, len);
+    plain(master + b, g + b, w0, w1, w2, len);
     narrowed(at(s0), w0, len);
     narrowed(at(s1), w1, len);
     narrowed(at(s2), w2, len);
@@ -184,8 +186,9 @@ void adam_list(const TensorList& tl, const StepLayout& lay, const AdamScalars<ty
     if constexpr (L::kMaster) {
       mixed_tiles<L>(x.param(kParam), x.param(kGrad), x.master(), x.state(kExpAvg),
                      x.state(kExpAvgSq), vmax, e - b, x.round(),
-                     [&](float* p, const float* g, float* m, float* v, float* vm, int64_t n) {
-                       adam_range<F32Layout, WD, A>(p, g, nullptr, m, v, vm, n, s, {});
+                     [&](float* p, const auto* g, float* m, float* v, float* vm, int64_t n) {
+                       using TL = TileLayout<typename L::param_t>;
+                       adam_range<TL, WD, A>(p, g, nullptr, m, v, vm, n, s, {});
                      });
     } else {
       adam_range<L, WD, A>(x.param(kParam), x.param(kGrad), nullptr, x.state(kExpAvg),
@@ -202,8 +205,8 @@ void sgd_list(const TensorList& tl, const StepLayout& lay, const SgdScalars<type
     auto* buf = x.state_if(M != Momentum::Off, kMomentumBuffer);
     if constexpr (L::kMaster) {
       mixed_tiles<L>(x.param(kParam), x.param(kGrad), x.master(), buf, nullptr, nullptr, e - b,
-                     x.round(), [&](float* p, const float* g, float* bf, float*, float*, int64_t n) {
-                       sgd_range<F32Layout, M, N>(p, g, nullptr, bf, n, s, {});
+                     x.round(), [&](float* p, const auto* g, float* bf, float*, float*, int64_t n) {
+                       sgd_range<TileLayout<typename L::param_t>, M, N>(p, g, nullptr, bf, n, s, {});
                      });
     } else {
       sgd_range<L, M, N>(x.param(kParam), x.param(kGrad), nullptr, buf, e - b, s, {});
@@ -224,8 +227,9 @@ void rmsprop_list(const TensorList& tl, const StepLayout& lay,
     if constexpr (L::kMaster) {
       mixed_tiles<L>(x.param(kParam), x.param(kGrad), x.master(), x.state(kSquareAvg), ga, buf,
                      e - b, x.round(),
-                     [&](float* p, const float* g, float* sq, float* a, float* bf, int64_t n) {
-                       rmsprop_range<F32Layout, C, M>(p, g, nullptr, sq, a, bf, n, s, {});
+                     [&](float* p, const auto* g, float* sq, float* a, float* bf, int64_t n) {
+                       using TL = TileLayout<typename L::param_t>;
+                       rmsprop_range<TL, C, M>(p, g, nullptr, sq, a, bf, n, s, {});
                      });
     } else {
       rmsprop_range<L, C, M>(x.param(kParam), x.param(kGrad), nullptr, x.state(kSquareAvg), ga,
@@ -243,8 +247,8 @@ void adagrad_list(const TensorList& tl, const StepLayout& lay,
     if constexpr (L::kMaster) {
       mixed_tiles<L>(x.param(kParam), x.param(kGrad), x.master(), x.state(kSum), nullptr, nullptr,
                      e - b, x.round(),
-                     [&](float* p, const float* g, float* sum, float*, float*, int64_t n) {
-                       adagrad_range<F32Layout>(p, g, nullptr, sum, n, s, {});
+                     [&](float* p, const auto* g, float* sum, float*, float*, int64_t n) {
+                       adagrad_range<TileLayout<typename L::param_t>>(p, g, nullptr, sum, n, s, {});
                      });
     } else {
       adagrad_range<L>(x.param(kParam), x.param(kGrad), nullptr, x.state(kSum), e - b, s, {});

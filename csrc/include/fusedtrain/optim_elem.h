@@ -27,14 +27,17 @@ namespace fusedtrain {
 enum class DType { F32, F64, F16, BF16 };
 enum class Rounding { Nearest, Stochastic };
 
-template <typename P, typename S, Rounding R>
+template <typename P, typename S, Rounding R, typename G = P>
 struct Layout {
-  using param_t = P;  // params and grads
+  using param_t = P;  // params
+  using grad_t = G;   // grads: the params' dtype (G differs only in the CPU's tiles)
   using state_t = S;  // optimizer states
   using T = std::conditional_t<std::is_same_v<P, double>, double, float>;  // math
   static constexpr bool kMaster = std::is_same_v<P, Half> || std::is_same_v<P, BFloat16>;
   static constexpr Rounding kRounding = R;
   static_assert(kMaster || std::is_same_v<P, S>, "float32/float64 steps keep states in their dtype");
+  static_assert(kMaster || std::is_same_v<P, G> || std::is_same_v<P, float>,
+                "a narrow gradient goes with float32 (master) params");
   static_assert(kMaster || R == Rounding::Nearest, "stochastic rounding needs a narrow param");
 };
 
@@ -103,7 +106,7 @@ FT_HD void store_param(typename L::param_t* p, float* master, int64_t i, typenam
 // state pointers are unused (may be null) when their variant is off
 // ---------------------------------------------------------------------------
 template <class L, WeightDecay WD, AmsGrad A>
-FT_HD void adam_element(typename L::param_t* p, const typename L::param_t* g, float* master,
+FT_HD void adam_element(typename L::param_t* p, const typename L::grad_t* g, float* master,
                         typename L::state_t* m, typename L::state_t* v,
                         typename L::state_t* vmax, int64_t i,
                         const AdamScalars<typename L::T>& s, const RoundCtx& rc) {
@@ -121,7 +124,7 @@ FT_HD void adam_element(typename L::param_t* p, const typename L::param_t* g, fl
 
 // Momentum::First writes the buffer without reading it.
 template <class L, Momentum M, Nesterov N>
-FT_HD void sgd_element(typename L::param_t* p, const typename L::param_t* g, float* master,
+FT_HD void sgd_element(typename L::param_t* p, const typename L::grad_t* g, float* master,
                        typename L::state_t* buf, int64_t i, const SgdScalars<typename L::T>& s,
                        const RoundCtx& rc) {
   using T = typename L::T;
@@ -134,7 +137,7 @@ FT_HD void sgd_element(typename L::param_t* p, const typename L::param_t* g, flo
 }
 
 template <class L, Centered C, Momentum M>
-FT_HD void rmsprop_element(typename L::param_t* p, const typename L::param_t* g, float* master,
+FT_HD void rmsprop_element(typename L::param_t* p, const typename L::grad_t* g, float* master,
                            typename L::state_t* sq, typename L::state_t* ga,
                            typename L::state_t* buf, int64_t i,
                            const RmspropScalars<typename L::T>& s, const RoundCtx& rc) {
@@ -152,7 +155,7 @@ FT_HD void rmsprop_element(typename L::param_t* p, const typename L::param_t* g,
 }
 
 template <class L>
-FT_HD void adagrad_element(typename L::param_t* p, const typename L::param_t* g, float* master,
+FT_HD void adagrad_element(typename L::param_t* p, const typename L::grad_t* g, float* master,
                            typename L::state_t* sum, int64_t i,
                            const AdagradScalars<typename L::T>& s, const RoundCtx& rc) {
   using T = typename L::T;
