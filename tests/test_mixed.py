@@ -712,3 +712,36 @@ def test_null_mixed_step_does_what_the_benchmark_says():
     assert bits(p) == bits((want[0].view(np.uint32) >> 16).astype(np.uint16))
     with pytest.raises(TypeError, match=r"params\[0\]: expected dtype bfloat16"):
         fusedtrain._core.null_mixed_step_([p.astype(np.float16)], [g.astype(np.float16)], [[w[0]]])
+
+
+# ---------------------------------------------------------------------------
+# random cases (hypothesis): any hyperparameters, sizes and scales
+# ---------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from test_ops import HYPER  # noqa: E402
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=3),
+       pdtype=st.sampled_from(NARROW), sdtype=st.sampled_from(STATE_DTYPES),
+       grad_scale=st.sampled_from([1.0, 2.0**10, 3.0]), seed=st.integers(0, 2**32 - 1))
+def test_mixed_matches_reference_random(spec, data, sizes, pdtype, sdtype, grad_scale, seed):
+    hyper = data.draw(HYPER[spec.name], label="hyper")
+    rng = np.random.default_rng(seed)
+    shapes = [(n,) for n in sizes]
+    params, masters, states = mixed_setup(spec, hyper, shapes, pdtype, sdtype, rng)
+    rp, rm, rs = [p.copy() for p in params], [m.copy() for m in masters], copy_states(states)
+    for step in (1, 2):
+        grads = [(g * np.float32(grad_scale)).astype(pdtype)
+                 for g in random_list(rng, shapes, np.float32)]
+        with np.errstate(all="ignore"):
+            mixed_kernel_step(spec, params, grads, masters, states, hyper, step,
+                              grad_scale=grad_scale)
+        mixed_reference_step(spec, rp, grads, rm, rs, dict(hyper, grad_scale=grad_scale), step)
+        assert_bitwise(masters, rm, "master")
+        assert_bitwise(params, rp, "params")
+        for name in states:
+            assert_bitwise(states[name], rs[name], name)
