@@ -139,11 +139,22 @@ def test_mixed_dtypes_float32_list_with_float64_state(spec):
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=repr)
-def test_float16_params(spec):
+def test_float16_params_without_master_weights(spec):
+    """float16 params step only through float32 master weights."""
     call = Call(spec)
     for slot in call.slots:
         call.slots[slot] = [a.astype(np.float16) for a in call.slots[slot]]
-    call.expect("params[0]", TypeError)
+    err = call.expect("master_params", ValueError)
+    assert "float16" in str(err) and "received None" in str(err)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_int_params(spec):
+    call = Call(spec)
+    for slot in call.slots:
+        call.slots[slot] = [a.astype(np.int32) for a in call.slots[slot]]
+    err = call.expect("params[0]", TypeError)
+    assert "float32, float64, float16 or bfloat16" in str(err) and "int32" in str(err)
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (3, 5), (12,)], ids=str)

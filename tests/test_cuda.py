@@ -277,7 +277,7 @@ def test_other_dtype_in_list(spec, slot):
 
 
 @needs_cuda_module
-@pytest.mark.parametrize("typestr,name", [("<f2", "float16"), ("<i8", "int64"), ("|u1", "uint8"),
+@pytest.mark.parametrize("typestr,name", [("<i8", "int64"), ("|u1", "uint8"),
                                           (">f4", ">f4"), ("<c8", "complex64")])
 def test_wrong_typestr_for_params0(typestr, name):
     spec = SPECS[0]
@@ -285,7 +285,8 @@ def test_wrong_typestr_for_params0(typestr, name):
     slots["params"][0] = FakeGpuArray((5,), typestr)
     err = error_of(spec, slots)
     assert type(err) is TypeError
-    assert str(err) == f"params[0]: expected dtype float32 or float64, received {name}"
+    assert str(err) == ("params[0]: expected dtype float32, float64, float16 or bfloat16, "
+                        f"received {name}")
 
 
 @needs_cuda_module
@@ -579,3 +580,232 @@ def test_gpu_non_contiguous_view_is_rejected():
     p = cp.zeros(10)[::2]
     with pytest.raises(ValueError, match=r"params\[0\]: expected a C-contiguous array"):
         ops.sgd_([p], [cp.zeros(5)], step=1)
+
+
+# ===========================================================================
+# mixed precision, grad_scale and found_inf on the _cuda path
+# ===========================================================================
+import ml_dtypes  # noqa: E402
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def mixed_fake_slots(spec, ptype="<V2", stype="<f4", mtype="<f4", shapes=SHAPES):
+    slots = {"params": [FakeGpuArray(s, ptype) for s in shapes],
+             "grads": [FakeGpuArray(s, ptype) for s in shapes]}
+    for name in spec.state_names(spec.heavy):
+        slots[name] = [FakeGpuArray(s, stype) for s in shapes]
+    return slots, [FakeGpuArray(s, mtype) for s in shapes]
+
+
+def mixed_call(spec, slots, masters, **extra):
+    s = dict(slots)
+    params, grads = s.pop("params"), s.pop("grads")
+    kw = dict(spec.ops_kwargs(spec.heavy), master_params=masters, **extra)
+    if spec.takes_step:
+        kw["step"] = 3
+    spec.op(params, grads, **s, **kw)
+
+
+def mixed_numpy_slots(spec, pdtype=BF16, sdtype=np.float32, shapes=SHAPES):
+    rng = make_rng("cuda-mixed-cpu", spec.name)
+    slots = {"params": [a.astype(pdtype) for a in random_list(rng, shapes, np.float32)],
+             "grads": [a.astype(pdtype) for a in random_list(rng, shapes, np.float32)]}
+    for name in spec.state_names(spec.heavy):
+        slots[name] = [np.abs(a).astype(sdtype) for a in random_list(rng, shapes, np.float32)]
+    return slots, [a.astype(np.float32) for a in slots["params"]]
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("ptype,stype", [("<V2", "<f4"), ("<V2", "<V2"), ("<f2", "<f4"),
+                                         ("<f2", "<V2")])
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_mixed_stand_ins_pass_the_checks(spec, ptype, stype):
+    slots, masters = mixed_fake_slots(spec, ptype, stype)
+    s = dict(slots)
+    args = {"params": s.pop("params"), "grads": s.pop("grads")}
+    # a dry run through the positional _cuda signature: nothing is launched
+    if spec.name in ("adam", "adamw"):
+        backend._cuda.adam_(args["params"], args["grads"], s["exp_avg"], s["exp_avg_sq"],
+                            s["max_exp_avg_sq"], 1, 1e-3, 0.9, 0.99, 1e-8, 0.0, 0.0, True, False,
+                            False, True, 0, master_params=masters, stochastic_rounding=True)
+    elif spec.name == "sgd":
+        backend._cuda.sgd_(args["params"], args["grads"], s["momentum_buffer"], 1, 0.1, 0.9, 0.0,
+                           0.0, 0.0, True, False, True, 0, master_params=masters)
+    elif spec.name == "rmsprop":
+        backend._cuda.rmsprop_(args["params"], args["grads"], s["square_avg"], s["grad_avg"],
+                               s["momentum_buffer"], 0.01, 0.9, 1e-8, 0.0, 0.9, 0.0, True, False,
+                               True, 0, master_params=masters)
+    else:
+        backend._cuda.adagrad_(args["params"], args["grads"], s["state_sum"], 1, 0.1, 0.0, 0.0,
+                               1e-10, 0.0, False, True, 0, master_params=masters)
+
+
+def _same_mixed_error(spec, spoil):
+    """Spoil the NumPy and the stand-in calls alike; both raise the same error."""
+    np_slots, np_masters = mixed_numpy_slots(spec)
+    fake_slots_, fake_masters = mixed_fake_slots(spec)
+    spoil(np_slots, np_masters, np)
+    spoil(fake_slots_, fake_masters, None)
+    with pytest.raises((TypeError, ValueError)) as cpu:
+        mixed_call(spec, np_slots, np_masters)
+    with pytest.raises((TypeError, ValueError)) as gpu:
+        mixed_call(spec, fake_slots_, fake_masters)
+    assert type(cpu.value) is type(gpu.value)
+    assert str(cpu.value) == str(gpu.value)
+    return gpu.value
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_mixed_master_of_another_dtype_same_message(spec):
+    def spoil(slots, masters, numpy):
+        masters[-1] = (masters[-1].astype(np.float64) if numpy
+                       else FakeGpuArray(masters[-1].shape, "<f8"))
+    err = _same_mixed_error(spec, spoil)
+    assert str(err).startswith("master_params[2]: expected dtype float32")
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_mixed_state_of_float64_same_message(spec):
+    first = spec.state_names(spec.heavy)[0]
+
+    def spoil(slots, masters, numpy):
+        slots[first] = [a.astype(np.float64) if numpy else FakeGpuArray(a.shape, "<f8")
+                        for a in slots[first]]
+    err = _same_mixed_error(spec, spoil)
+    assert "float32 or bfloat16" in str(err)
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_mixed_without_master_same_message(spec):
+    np_slots, _ = mixed_numpy_slots(spec)
+    fake, _ = mixed_fake_slots(spec)
+    errs = []
+    for slots in (np_slots, fake):
+        with pytest.raises(ValueError) as info:
+            mixed_call(spec, slots, None)
+        errs.append(str(info.value))
+    assert errs[0] == errs[1] and errs[0].startswith("master_params: expected a list of float32")
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros(1, np.float32), "found_inf: expected a 1-element float32 GPU array"),
+    (True, "found_inf: expected a 1-element float32 GPU array"),
+    (FakeGpuArray((1,), "<f8"), "found_inf: expected a 1-element float32 GPU array, received "
+                                "dtype float64"),
+    (FakeGpuArray((2,), "<f4"), r"found_inf: expected a 1-element float32 GPU array, received "
+                                r"dtype float32 and shape \(2,\)")])
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_gpu_found_inf_must_be_a_float32_gpu_scalar(spec, bad, match):
+    s = dict(fake_slots(spec))
+    params, grads = s.pop("params"), s.pop("grads")
+    kw = dict(spec.ops_kwargs(spec.heavy), found_inf=bad)
+    if spec.takes_step:
+        kw["step"] = 3
+    with pytest.raises(TypeError, match=match):
+        spec.op(params, grads, **s, **kw)
+
+
+@needs_cuda_module
+def test_found_nonfinite_stand_ins():
+    arrays = [FakeGpuArray((5,), "<V2"), FakeGpuArray((7,), "<V2")]
+    backend._cuda.found_nonfinite_(arrays, FakeGpuArray((1,), "<f4"), True, 0)
+    with pytest.raises(TypeError, match=r"arrays\[1\]: expected dtype bfloat16"):
+        backend._cuda.found_nonfinite_([arrays[0], FakeGpuArray((7,), "<f4")],
+                                       FakeGpuArray((1,), "<f4"), True, 0)
+    with pytest.raises(ValueError, match=r"out: expected a writable array"):
+        backend._cuda.found_nonfinite_(arrays, FakeGpuArray((1,), "<f4", readonly=True), True, 0)
+    with pytest.raises(TypeError, match=r"out: expected a 1-element float32 GPU array"):
+        fusedtrain.amp.found_nonfinite(arrays)
+
+
+# ---------------------------------------------------------------------------
+# GPU: mixed precision against the CPU kernels (themselves checked bit for
+# bit against the NumPy reference in test_mixed.py)
+# ---------------------------------------------------------------------------
+class Bf16Gpu:
+    """A bfloat16 GPU array: CuPy has no bfloat16, so a uint16 CuPy array
+    exposed with typestr '<V2' (as torch exports bfloat16)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        cai = dict(raw.__cuda_array_interface__)
+        cai["typestr"] = "<V2"
+        cai["descr"] = [("", "<V2")]
+        self.__cuda_array_interface__ = cai
+
+
+def _to_gpu(cp, a):
+    if a.dtype == BF16:
+        return Bf16Gpu(cp.asarray(a.view(np.uint16)))
+    return cp.asarray(a)
+
+
+def _to_cpu(cp, a):
+    if isinstance(a, Bf16Gpu):
+        return cp.asnumpy(a.raw).view(BF16)
+    return cp.asnumpy(a)
+
+
+@needs_gpu
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("sdtype", [np.dtype(np.float32), BF16], ids=dtype_id)
+@pytest.mark.parametrize("pdtype", [np.dtype(np.float16), BF16], ids=dtype_id)
+@pytest.mark.parametrize("spec,hyper", CASES[::7])
+def test_gpu_mixed_matches_cpu_bitwise(spec, hyper, pdtype, sdtype, stochastic):
+    cp = _cupy()
+    rng = make_rng("gpu-mixed", spec.name, hyper_id(hyper), dtype_id(pdtype), dtype_id(sdtype))
+    shapes = GPU_SHAPES["mixed"] + [(3, 70001)]
+    masters = random_list(rng, shapes, np.float32)
+    params = [m.astype(pdtype) for m in masters]
+    states = {k: [a.astype(sdtype) for a in v] for k, v in make_states(spec, hyper, masters).items()}
+    g_params = [_to_gpu(cp, a) for a in params]
+    g_masters = [cp.asarray(a) for a in masters]
+    g_states = {k: [_to_gpu(cp, a) for a in v] for k, v in states.items()}
+    for step in (1, 2, 3):
+        grads = [g.astype(pdtype) for g in random_list(rng, shapes, np.float32)]
+        kw = dict(spec.ops_kwargs(hyper), grad_scale=8.0, stochastic_rounding=stochastic, seed=4)
+        if spec.takes_step:
+            kw["step"] = step
+        else:
+            kw["rng_offset"] = step
+        spec.op(params, grads, **states, master_params=masters, **kw)
+        spec.op(g_params, [_to_gpu(cp, g) for g in grads], **g_states, master_params=g_masters,
+                **kw)
+        for got, want in zip(g_params + g_masters, params + masters):
+            assert _to_cpu(cp, got).tobytes() == want.tobytes()
+        for k in states:
+            for got, want in zip(g_states[k], states[k]):
+                assert _to_cpu(cp, got).tobytes() == want.tobytes()
+
+
+@needs_gpu
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_gpu_found_inf_skips_inside_the_kernel(spec):
+    cp = _cupy()
+    rng = make_rng("gpu-found", spec.name)
+    shapes = [(7,), (70001,)]
+    params = [cp.asarray(a) for a in random_list(rng, shapes, np.float32)]
+    grads = [cp.asarray(a) for a in random_list(rng, shapes, np.float32)]
+    states = {k: [cp.asarray(a) + 0.5 for a in v]
+              for k, v in make_states(spec, spec.heavy, random_list(rng, shapes, np.float32)).items()}
+    before = [cp.asnumpy(a).tobytes() for a in params + [a for v in states.values() for a in v]]
+    flag = cp.zeros(1, cp.float32)
+    grads[1][5] = np.inf
+    fusedtrain.amp.found_nonfinite(grads, out=flag)
+    kw = dict(spec.ops_kwargs(spec.heavy), found_inf=flag)
+    if spec.takes_step:
+        kw["step"] = 2
+    spec.op(params, grads, **states, **kw)
+    after = [cp.asnumpy(a).tobytes() for a in params + [a for v in states.values() for a in v]]
+    assert float(flag[0]) == 1.0 and after == before
+    flag[...] = 0
+    grads[1][5] = 0.0
+    fusedtrain.amp.found_nonfinite(grads, out=flag)
+    spec.op(params, grads, **states, **kw)
+    assert float(flag[0]) == 0.0
+    assert [cp.asnumpy(a).tobytes() for a in params] != before[:2]

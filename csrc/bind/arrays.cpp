@@ -5,6 +5,17 @@
 namespace fusedtrain {
 namespace bind {
 
+int bf16_num() {
+  static const int n = []() {
+    try {
+      return py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16")).num();
+    } catch (py::error_already_set&) {
+      return -1;
+    }
+  }();
+  return n;
+}
+
 std::string shape_str(const py::array& a) {
   std::string out = "(";
   for (py::ssize_t d = 0; d < a.ndim(); ++d) {

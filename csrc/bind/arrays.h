@@ -27,6 +27,14 @@ inline int f64_num() {
   return n;
 }
 
+inline int f16_num() {
+  static const int n = py::dtype("float16").num();
+  return n;
+}
+// ml_dtypes.bfloat16's type number (assigned when ml_dtypes registers it), or
+// -1 when ml_dtypes cannot be imported.
+int bf16_num();
+
 // True when a's dtype is stored in this machine's byte order ('>f4' on a
 // little-endian machine has float32's type number but is not).
 bool native_order(const py::array& a);

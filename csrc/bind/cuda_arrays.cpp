@@ -50,6 +50,8 @@ std::string shape_str(const DevArray& a) {
 std::string dtype_name(const std::string& typestr) {
   if (typestr == "<f4") return "float32";
   if (typestr == "<f8") return "float64";
+  if (typestr == "<f2") return "float16";
+  if (typestr == "<V2") return "bfloat16";  // as torch and ml_dtypes export it
   try {
     return py::str(py::module_::import("numpy").attr("dtype")(typestr));
   } catch (py::error_already_set&) {
@@ -58,7 +60,9 @@ std::string dtype_name(const std::string& typestr) {
 }
 
 int64_t itemsize_of(const std::string& typestr) {
-  return typestr == "<f4" ? 4 : typestr == "<f8" ? 8 : 0;
+  if (typestr == "<f4") return 4;
+  if (typestr == "<f8") return 8;
+  return typestr == "<f2" || typestr == "<V2" ? 2 : 0;
 }
 
 
@@ -168,7 +172,7 @@ int64_t typestr_itemsize(const std::string& typestr) {
 }
 
 void float_dtype(const std::string& name, const DevArray& a) {
-  if (itemsize_of(a.typestr) == 0)
+  if (a.typestr != "<f4" && a.typestr != "<f8")
     throw py::type_error(name + ": expected dtype float32 or float64, received " +
                          dtype_name(a.typestr));
 }

@@ -33,9 +33,11 @@ struct DevArray {
 // "module.QualName" of h's type ("numpy.ndarray", "cupy.ndarray").
 std::string type_name(py::handle h);
 std::string shape_str(const DevArray& a);
-// '<f4' -> float32 as NumPy names it; the raw typestr when NumPy cannot parse it.
+// '<f4' -> float32 as NumPy names it ('<V2' -> bfloat16); the raw typestr when
+// NumPy cannot parse it.
 std::string dtype_name(const std::string& typestr);
-// 4 for '<f4', 8 for '<f8', 0 for anything else.
+// The optimizer dtypes' item sizes: 4 for '<f4', 8 for '<f8', 2 for '<f2' and
+// '<V2' (bfloat16), 0 for anything else.
 int64_t itemsize_of(const std::string& typestr);
 
 // Reads h.__cuda_array_interface__ into `a`. Raises TypeError naming `name`

@@ -45,8 +45,32 @@ Scratch& scratch() {
 struct CheckedList {
   cuda::DeviceList dl;
   cuda::DType dtype;
+  cuda::DType state = cuda::DType::F32;
 };
 
+
+// The optimizer dtypes' typestrs: bfloat16 is '<V2', as torch and ml_dtypes
+// export it.
+bool dtype_of(const std::string& typestr, cuda::DType& out) {
+  if (typestr == "<f4") out = cuda::DType::F32;
+  else if (typestr == "<f8") out = cuda::DType::F64;
+  else if (typestr == "<f2") out = cuda::DType::F16;
+  else if (typestr == "<V2") out = cuda::DType::BF16;
+  else return false;
+  return true;
+}
+
+const char* typestr_of(cuda::DType d) {
+  switch (d) {
+    case cuda::DType::F32: return "<f4";
+    case cuda::DType::F64: return "<f8";
+    case cuda::DType::F16: return "<f2";
+    case cuda::DType::BF16: return "<V2";
+  }
+  return "";
+}
+
+std::string typestr_name(const std::string& typestr) { return dtype_name(typestr); }
 
 // Checks every slot as bind/tensor_list.cpp checks NumPy lists (same
 // messages): a non-empty list/tuple per slot, all of one length, of
@@ -55,7 +79,7 @@ struct CheckedList {
 // sharing memory. Where a GPU is present, every non-empty array must also be
 // device memory on the current device. Raises TypeError / ValueError naming
 // the argument, the expected and the received value.
-CheckedList check_lists(const std::vector<SlotArg>& slots) {
+CheckedList check_lists(const std::vector<SlotArg>& slots, bool step = true) {
   const SlotArg& first = slots.front();
   const py::ssize_t n = common_length(slots);
 
@@ -64,11 +88,34 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
   DevArray param, cur;
   parse(p0, PySequence_Fast_ITEMS(first.list.ptr())[0],
         "a GPU array (an object with __cuda_array_interface__)", param);
-  const std::string typestr = param.typestr;
-  const int64_t itemsize = itemsize_of(typestr);
-  if (itemsize == 0)
-    throw py::type_error(p0 + ": expected dtype float32 or float64, received " +
-                         dtype_name(typestr));
+  cuda::DType pdt;
+  if (!dtype_of(param.typestr, pdt))
+    throw py::type_error(p0 + ": expected dtype float32, float64, float16 or bfloat16, received " +
+                         typestr_name(param.typestr));
+  if (step) check_master(pdt, find_role(slots, Role::Master) != nullptr);
+  cuda::DType sdt = pdt;
+  std::string state_why = "the dtype of " + p0;
+  if (const SlotArg* st = find_role(slots, Role::State); st != nullptr && is_narrow(pdt)) {
+    const std::string name = item_name(*st, 0);
+    DevArray a;
+    parse(name, PySequence_Fast_ITEMS(st->list.ptr())[0], like, a);
+    cuda::DType d;
+    if (!dtype_of(a.typestr, d))
+      throw py::type_error(name + ": expected dtype float32 or bfloat16 (optimizer states of " +
+                           dtype_name(pdt) + " params), received " + typestr_name(a.typestr));
+    sdt = state_dtype(pdt, d, name);
+    state_why = "the dtype of " + name;
+  }
+  // the typestr each slot must have, and why
+  std::vector<std::pair<std::string, std::string>> want;
+  for (const SlotArg& s : slots) {
+    if (s.role == Role::Master)
+      want.emplace_back("<f4", "master weights are float32");
+    else if (s.role == Role::State)
+      want.emplace_back(typestr_of(sdt), state_why);
+    else
+      want.emplace_back(param.typestr, "the dtype of " + p0);
+  }
 
   Scratch& sc = scratch();
   const int nslots = int(slots.size());
@@ -82,9 +129,10 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
       DevArray& a = k == 0 ? param : cur;
       const std::string name = item_name(s, i);
       if (i > 0 || k > 0) parse(name, PySequence_Fast_ITEMS(s.list.ptr())[i], like, a);
-      if (a.typestr != typestr)
-        throw py::type_error(name + ": expected dtype " + dtype_name(typestr) + " (the dtype of " +
-                             p0 + "), received " + dtype_name(a.typestr));
+      if (a.typestr != want[k].first)
+        throw py::type_error(name + ": expected dtype " + typestr_name(want[k].first) + " (" +
+                             want[k].second + "), received " + typestr_name(a.typestr));
+      const int64_t itemsize = itemsize_of(a.typestr);
       if (k > 0 && !same_shape(a, param))
         throw py::value_error(name + ": expected shape " + shape_str(param) + " (the shape of " +
                               item_name(first, i) + "), received " + shape_str(a));
@@ -122,97 +170,169 @@ CheckedList check_lists(const std::vector<SlotArg>& slots) {
   out.dl.slots = nslots;
   out.dl.ptr = sc.ptr.data();
   out.dl.numel = sc.numel.data();
-  out.dtype = typestr == "<f4" ? cuda::DType::F32 : cuda::DType::F64;
+  out.dtype = pdt;
+  out.state = sdt;
   return out;
 }
 
 void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
+// A 1-element float32 GPU array (found_inf, read inside the kernels; or the
+// flag found_nonfinite_ writes): its device pointer, checked to be device
+// memory where a GPU is present. `name` names it in messages.
+float* flag_ptr(const char* name, py::handle h, bool writable) {
+  DevArray a;
+  parse(name, h, "a 1-element float32 GPU array", a);
+  if (a.typestr != "<f4" || a.numel != 1)
+    throw py::type_error(std::string(name) +
+                         ": expected a 1-element float32 GPU array, received dtype " +
+                         typestr_name(a.typestr) + " and shape " + shape_str(a));
+  if (a.ptr % 4 != 0)
+    throw py::value_error(std::string(name) +
+                          ": expected an aligned array, received an unaligned one");
+  if (writable && a.readonly)
+    throw py::value_error(std::string(name) +
+                          ": expected a writable array, received a read-only array");
+  if (has_device()) {
+    const cuda::PointerQuery q = cuda::query_pointer(reinterpret_cast<void*>(a.ptr));
+    if (q.error != 0 || !q.device_memory)
+      throw py::value_error(std::string(name) +
+                            ": expected GPU memory (device or managed), received host or "
+                            "unregistered memory");
+  }
+  return reinterpret_cast<float*>(a.ptr);
+}
+
+const float* found_inf_ptr(py::handle h) {
+  return h.is_none() ? nullptr : flag_ptr("found_inf", h, false);
+}
+
+cuda::StepLayout layout_of(const CheckedList& c, py::handle found_inf, bool stochastic,
+                           uint64_t seed, uint64_t offset) {
+  cuda::StepLayout lay;
+  lay.param = c.dtype;
+  lay.state = c.state;
+  lay.stochastic = stochastic && is_narrow(c.dtype);
+  lay.seed = seed;
+  lay.offset = offset;
+  lay.found_inf = found_inf_ptr(found_inf);
+  return lay;
+}
+
+
 }  // namespace
 
 void bind_cuda_optim(py::module_& m) {
-  m.def(
-      "adam_",
+  def_step(
+      m, "adam_",
       [](py::handle params, py::handle grads, py::handle exp_avg, py::handle exp_avg_sq,
          py::handle max_exp_avg_sq, int64_t step, double lr, double beta1, double beta2,
          double eps, double weight_decay, double l1, bool amsgrad, bool decoupled,
-         bool maximize, bool dry_run, uintptr_t stream) {
-        const CheckedList c =
-            check_lists(adam_slots(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad));
-        const AdamHyper h{lr, beta1, beta2, eps, weight_decay, l1, amsgrad, decoupled, maximize};
+         bool maximize, bool dry_run, uintptr_t stream, double grad_scale, py::handle found_inf,
+         py::handle master, bool stochastic, uint64_t seed, uint64_t offset) {
+        const CheckedList c = check_lists(with_master(
+            adam_slots(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, amsgrad), master));
+        const auto lay = layout_of(c, found_inf, stochastic, seed, offset);
+        const AdamHyper h{lr,       beta1,     beta2,    eps,       weight_decay, l1,
+                          amsgrad, decoupled, maximize, grad_scale};
         if (dry_run) return;  // checks only
         require_device();
         py::gil_scoped_release nogil;
-        cuda::adam_step(c.dl, c.dtype, h, step, as_stream(stream));
+        cuda::adam_step(c.dl, lay, h, step, as_stream(stream));
       },
+      "Fused Adam/AdamW step over lists of GPU arrays on `stream` (use fusedtrain.ops.adam_).", py::none(),
       py::arg("params"), py::arg("grads"), py::arg("exp_avg"), py::arg("exp_avg_sq"),
       py::arg("max_exp_avg_sq"), py::arg("step"), py::arg("lr"), py::arg("beta1"),
       py::arg("beta2"), py::arg("eps"), py::arg("weight_decay"), py::arg("l1"),
       py::arg("amsgrad"), py::arg("decoupled"), py::arg("maximize"), py::arg("dry_run"),
-      py::arg("stream"),
-      "Fused Adam/AdamW step over lists of GPU arrays on `stream` (use fusedtrain.ops.adam_).");
+      py::arg("stream"));
 
-  m.def(
-      "sgd_",
+  def_step(
+      m, "sgd_",
       [](py::handle params, py::handle grads, py::handle momentum_buffer, int64_t step,
          double lr, double momentum, double dampening, double weight_decay, double l1,
-         bool nesterov, bool maximize, bool dry_run, uintptr_t stream) {
-        const CheckedList c = check_lists(sgd_slots(params, grads, momentum_buffer, momentum));
-        const SgdHyper h{lr, momentum, dampening, weight_decay, l1, nesterov, maximize};
+         bool nesterov, bool maximize, bool dry_run, uintptr_t stream, double grad_scale,
+         py::handle found_inf, py::handle master, bool stochastic, uint64_t seed,
+         uint64_t offset) {
+        const CheckedList c =
+            check_lists(with_master(sgd_slots(params, grads, momentum_buffer, momentum), master));
+        const auto lay = layout_of(c, found_inf, stochastic, seed, offset);
+        const SgdHyper h{lr, momentum, dampening, weight_decay, l1, nesterov, maximize, grad_scale};
         if (dry_run) return;
         require_device();
         py::gil_scoped_release nogil;
-        cuda::sgd_step(c.dl, c.dtype, h, step, as_stream(stream));
+        cuda::sgd_step(c.dl, lay, h, step, as_stream(stream));
       },
+      "Fused SGD step over lists of GPU arrays on `stream` (use fusedtrain.ops.sgd_).", py::none(),
       py::arg("params"), py::arg("grads"), py::arg("momentum_buffer"), py::arg("step"),
       py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
       py::arg("l1"), py::arg("nesterov"), py::arg("maximize"), py::arg("dry_run"),
-      py::arg("stream"),
-      "Fused SGD step over lists of GPU arrays on `stream` (use fusedtrain.ops.sgd_).");
+      py::arg("stream"));
 
-  m.def(
-      "rmsprop_",
+  def_step(
+      m, "rmsprop_",
       [](py::handle params, py::handle grads, py::handle square_avg, py::handle grad_avg,
          py::handle momentum_buffer, double lr, double alpha, double eps, double weight_decay,
          double momentum, double l1, bool centered, bool maximize, bool dry_run,
-         uintptr_t stream) {
-        const CheckedList c = check_lists(
-            rmsprop_slots(params, grads, square_avg, grad_avg, momentum_buffer, centered, momentum));
-        const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, l1, centered, maximize};
+         uintptr_t stream, double grad_scale, py::handle found_inf, py::handle master,
+         bool stochastic, uint64_t seed, uint64_t offset) {
+        const CheckedList c = check_lists(with_master(
+            rmsprop_slots(params, grads, square_avg, grad_avg, momentum_buffer, centered, momentum),
+            master));
+        const auto lay = layout_of(c, found_inf, stochastic, seed, offset);
+        const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, l1, centered, maximize,
+                             grad_scale};
         if (dry_run) return;
         require_device();
         py::gil_scoped_release nogil;
-        cuda::rmsprop_step(c.dl, c.dtype, h, as_stream(stream));
+        cuda::rmsprop_step(c.dl, lay, h, as_stream(stream));
       },
+      "Fused RMSProp step over lists of GPU arrays on `stream` (use fusedtrain.ops.rmsprop_).", py::none(),
       py::arg("params"), py::arg("grads"), py::arg("square_avg"), py::arg("grad_avg"),
       py::arg("momentum_buffer"), py::arg("lr"), py::arg("alpha"), py::arg("eps"),
       py::arg("weight_decay"), py::arg("momentum"), py::arg("l1"), py::arg("centered"),
-      py::arg("maximize"), py::arg("dry_run"), py::arg("stream"),
-      "Fused RMSProp step over lists of GPU arrays on `stream` (use fusedtrain.ops.rmsprop_).");
+      py::arg("maximize"), py::arg("dry_run"), py::arg("stream"));
 
-  m.def(
-      "adagrad_",
+  def_step(
+      m, "adagrad_",
       [](py::handle params, py::handle grads, py::handle state_sum, int64_t step, double lr,
          double lr_decay, double weight_decay, double eps, double l1, bool maximize,
-         bool dry_run, uintptr_t stream) {
-        const CheckedList c = check_lists(adagrad_slots(params, grads, state_sum));
-        const AdagradHyper h{lr, lr_decay, weight_decay, eps, l1, maximize};
+         bool dry_run, uintptr_t stream, double grad_scale, py::handle found_inf,
+         py::handle master, bool stochastic, uint64_t seed, uint64_t offset) {
+        const CheckedList c =
+            check_lists(with_master(adagrad_slots(params, grads, state_sum), master));
+        const auto lay = layout_of(c, found_inf, stochastic, seed, offset);
+        const AdagradHyper h{lr, lr_decay, weight_decay, eps, l1, maximize, grad_scale};
         if (dry_run) return;
         require_device();
         py::gil_scoped_release nogil;
-        cuda::adagrad_step(c.dl, c.dtype, h, step, as_stream(stream));
+        cuda::adagrad_step(c.dl, lay, h, step, as_stream(stream));
       },
+      "Fused Adagrad step over lists of GPU arrays on `stream` (use fusedtrain.ops.adagrad_).", py::none(),
       py::arg("params"), py::arg("grads"), py::arg("state_sum"), py::arg("step"), py::arg("lr"),
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("l1"),
-      py::arg("maximize"), py::arg("dry_run"), py::arg("stream"),
-      "Fused Adagrad step over lists of GPU arrays on `stream` (use fusedtrain.ops.adagrad_).");
+      py::arg("maximize"), py::arg("dry_run"), py::arg("stream"));
+
+  m.def(
+      "found_nonfinite_",
+      [](py::handle arrays, py::handle out, bool dry_run, uintptr_t stream) {
+        const CheckedList c = check_lists({{"arrays", arrays, false}}, false);
+        float* flag = flag_ptr("out", out, true);
+        if (dry_run) return;
+        require_device();
+        py::gil_scoped_release nogil;
+        cuda::found_nonfinite(c.dl, c.dtype, flag, as_stream(stream));
+      },
+      py::arg("arrays"), py::arg("out"), py::arg("dry_run"), py::arg("stream"),
+      "Sets out (a 1-element float32 GPU array) to 1 when any element of the GPU arrays is\n"
+      "inf or NaN, on `stream`, without waiting; leaves it unchanged otherwise.");
 
   m.def(
       "null_step_",
       [](py::handle written, py::handle read, uintptr_t stream) {
         const std::vector<SlotArg> slots = null_step_slots(written, read);
         const int nw = int(slots.size()) - 1;
-        const CheckedList c = check_lists(slots);
+        const CheckedList c = plain_only(check_lists(slots, false), "written");
         require_device();
         py::gil_scoped_release nogil;
         cuda::null_step(c.dl, c.dtype, int(nw), as_stream(stream));
@@ -246,7 +366,7 @@ void bind_cuda_norm(py::module_& m) {
   m.def(
       "global_norm",
       [](py::handle grads, double norm_type, py::handle out, uintptr_t stream) {
-        const CheckedList c = check_lists({{"grads", grads, false}});
+        const CheckedList c = plain_only(check_lists({{"grads", grads, false}}, false), "grads");
         norm_kind(norm_type);  // raises for a bad norm type before any launch
         double* o = device_double("out", out, true);
         require_device();
@@ -259,7 +379,7 @@ void bind_cuda_norm(py::module_& m) {
       "clip_by_norm_",
       [](py::handle grads, py::handle total_norm, double max_norm, bool dry_run,
          uintptr_t stream) {
-        const CheckedList c = check_lists({{"grads", grads, true}});
+        const CheckedList c = plain_only(check_lists({{"grads", grads, true}}, false), "grads");
         const double* t = device_double("total_norm", total_norm, false);
         if (dry_run) return;
         require_device();
@@ -272,7 +392,7 @@ void bind_cuda_norm(py::module_& m) {
   m.def(
       "scale_",
       [](py::handle grads, double coef, bool dry_run, uintptr_t stream) {
-        const CheckedList c = check_lists({{"grads", grads, true}});
+        const CheckedList c = plain_only(check_lists({{"grads", grads, true}}, false), "grads");
         if (dry_run) return;
         require_device();
         py::gil_scoped_release nogil;
@@ -283,7 +403,7 @@ void bind_cuda_norm(py::module_& m) {
   m.def(
       "clamp_",
       [](py::handle grads, double lo, double hi, bool dry_run, uintptr_t stream) {
-        const CheckedList c = check_lists({{"grads", grads, true}});
+        const CheckedList c = plain_only(check_lists({{"grads", grads, true}}, false), "grads");
         if (dry_run) return;
         require_device();
         py::gil_scoped_release nogil;

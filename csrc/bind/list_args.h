@@ -8,7 +8,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include "fusedtrain/optim_elem.h"
 
 namespace fusedtrain {
 // hidden like pybind11's own types, which these structs hold
@@ -16,13 +19,72 @@ namespace bind __attribute__((visibility("hidden"))) {
 
 namespace py = pybind11;
 
+// Which dtype a buffer list must have: the params' (params, grads), the
+// optimizer states' (float32 or bfloat16 beside float16 / bfloat16 params,
+// else the params'), or float32 (master weights).
+enum class Role { Param, State, Master };
+
 // One buffer list of a call: its argument name, the Python list (or None when
-// the buffer is not used by this variant), and whether the kernel writes it.
+// the buffer is not used by this variant), whether the kernel writes it, and
+// its role.
 struct SlotArg {
   const char* name;
   py::handle list;
   bool writable;
+  Role role = Role::Param;
 };
+
+inline const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F32: return "float32";
+    case DType::F64: return "float64";
+    case DType::F16: return "float16";
+    case DType::BF16: return "bfloat16";
+  }
+  return "?";
+}
+
+inline bool is_narrow(DType d) { return d == DType::F16 || d == DType::BF16; }
+
+// The checked lists of a kernel with no float16 / bfloat16 variant (clipping,
+// the null step): their dtype must be float32 or float64. `name` is the
+// first slot's.
+template <class Checked>
+Checked plain_only(Checked c, const std::string& name) {
+  if (is_narrow(c.dtype))
+    throw py::type_error(name + "[0]: expected dtype float32 or float64, received " +
+                         dtype_name(c.dtype));
+  return c;
+}
+
+inline const SlotArg* find_role(const std::vector<SlotArg>& slots, Role role) {
+  for (const SlotArg& s : slots)
+    if (s.role == role) return &s;
+  return nullptr;
+}
+
+// float16 / bfloat16 params need float32 master weights; float32 / float64
+// params take none. Raises ValueError naming master_params.
+inline void check_master(DType param, bool has_master) {
+  if (is_narrow(param) && !has_master)
+    throw py::value_error(std::string("master_params: expected a list of float32 arrays (") +
+                          dtype_name(param) +
+                          " params are stepped through float32 master weights), received None");
+  if (!is_narrow(param) && has_master)
+    throw py::value_error(std::string("master_params: expected None for ") + dtype_name(param) +
+                          " params (master weights go with float16 / bfloat16 params), received a "
+                          "list");
+}
+
+// The states' dtype when the first state array has dtype `first` (params of
+// dtype `param`). Raises TypeError naming `name`.
+inline DType state_dtype(DType param, DType first, const std::string& name) {
+  if (!is_narrow(param)) return param;  // checked per array as "the dtype of params[0]"
+  if (first != DType::F32 && first != DType::BF16)
+    throw py::type_error(name + ": expected dtype float32 or bfloat16 (optimizer states of " +
+                         dtype_name(param) + " params), received " + dtype_name(first));
+  return first;
+}
 
 inline std::string item_name(const SlotArg& s, int64_t i) {
   return std::string(s.name) + "[" + std::to_string(i) + "]";
@@ -56,16 +118,16 @@ inline std::vector<SlotArg> adam_slots(py::handle params, py::handle grads, py::
                                        bool amsgrad) {
   std::vector<SlotArg> s = {{"params", params, true},
                             {"grads", grads, false},
-                            {"exp_avg", exp_avg, true},
-                            {"exp_avg_sq", exp_avg_sq, true}};
-  if (amsgrad) s.push_back({"max_exp_avg_sq", max_exp_avg_sq, true});
+                            {"exp_avg", exp_avg, true, Role::State},
+                            {"exp_avg_sq", exp_avg_sq, true, Role::State}};
+  if (amsgrad) s.push_back({"max_exp_avg_sq", max_exp_avg_sq, true, Role::State});
   return s;
 }
 
 inline std::vector<SlotArg> sgd_slots(py::handle params, py::handle grads,
                                       py::handle momentum_buffer, double momentum) {
   std::vector<SlotArg> s = {{"params", params, true}, {"grads", grads, false}};
-  if (momentum != 0.0) s.push_back({"momentum_buffer", momentum_buffer, true});
+  if (momentum != 0.0) s.push_back({"momentum_buffer", momentum_buffer, true, Role::State});
   return s;
 }
 
@@ -75,15 +137,37 @@ inline std::vector<SlotArg> rmsprop_slots(py::handle params, py::handle grads,
                                           double momentum) {
   std::vector<SlotArg> s = {{"params", params, true},
                             {"grads", grads, false},
-                            {"square_avg", square_avg, true}};
-  if (centered) s.push_back({"grad_avg", grad_avg, true});
-  if (momentum > 0.0) s.push_back({"momentum_buffer", momentum_buffer, true});
+                            {"square_avg", square_avg, true, Role::State}};
+  if (centered) s.push_back({"grad_avg", grad_avg, true, Role::State});
+  if (momentum > 0.0) s.push_back({"momentum_buffer", momentum_buffer, true, Role::State});
   return s;
 }
 
 inline std::vector<SlotArg> adagrad_slots(py::handle params, py::handle grads,
                                           py::handle state_sum) {
-  return {{"params", params, true}, {"grads", grads, false}, {"state_sum", state_sum, true}};
+  return {{"params", params, true},
+          {"grads", grads, false},
+          {"state_sum", state_sum, true, Role::State}};
+}
+
+// Appends the master weights (the last slot) when given.
+inline std::vector<SlotArg> with_master(std::vector<SlotArg> s, py::handle master_params) {
+  if (!master_params.is_none()) s.push_back({"master_params", master_params, true, Role::Master});
+  return s;
+}
+
+// Defines the optimizer step `name`: `fn` with the positional argument names
+// `names`, then the keyword arguments every step takes (grad_scale,
+// found_inf, master_params, stochastic_rounding, seed, rng_offset), with
+// found_inf defaulting to `found_inf_default` (false on the CPU, where it is a
+// bool read on the host; None on the GPU, where it is a device array).
+template <class Fn, class... Names>
+void def_step(py::module_& m, const char* name, Fn&& fn, const char* doc,
+              py::object found_inf_default, Names... names) {
+  m.def(name, std::forward<Fn>(fn), names..., py::arg("grad_scale") = 1.0,
+        py::arg("found_inf") = found_inf_default, py::arg("master_params") = py::none(),
+        py::arg("stochastic_rounding") = false, py::arg("seed") = uint64_t(0),
+        py::arg("rng_offset") = uint64_t(0), doc);
 }
 
 // The benchmarks' null step: 1 to 4 written lists, then one read-only list.

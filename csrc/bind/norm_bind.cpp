@@ -19,7 +19,7 @@ namespace fusedtrain::bind {
 namespace {
 
 CheckedList check_grads(py::handle grads, bool writable) {
-  return check_lists({{"grads", grads, writable}});
+  return plain_only(check_lists({{"grads", grads, writable}}, false), "grads");
 }
 
 }  // namespace

@@ -17,21 +17,26 @@ namespace bind __attribute__((visibility("hidden"))) {
 
 namespace py = pybind11;
 
-// A validated TensorList plus its dtype. The pointer and offset tables live
+// A validated TensorList plus its dtypes (params and grads; states). The pointer and offset tables live
 // in thread-local storage reused across calls (no allocation in steady state),
 // so a TensorList is only valid until the next check_lists on the same thread.
 struct CheckedList {
   cpu::TensorList tl;
   cpu::DType dtype;
+  cpu::DType state = cpu::DType::F32;
 };
 
 // Checks that every slot is a non-empty list/tuple of the same length as the
-// first one (the params), of C-contiguous aligned arrays of one floating dtype
-// (float32 or float64) with the shape of the matching param, writable where
-// the kernel writes, and that no two arrays share memory.
+// first one (the params), of C-contiguous aligned arrays with the shape of the
+// matching param, writable where the kernel writes, and that no two arrays
+// share memory. Dtypes by role (SlotArg::role): params and grads float32 or
+// float64 with states of the same dtype, or float16 / bfloat16 with float32
+// master weights and float32 or bfloat16 states (check_master, state_dtype).
 // Raises TypeError / ValueError naming the argument, the expected and the
 // received value.
-CheckedList check_lists(const std::vector<SlotArg>& slots);
+// `step`: the lists are an optimizer step's (master weights checked against
+// the params' dtype); false for a plain list of arrays of one dtype.
+CheckedList check_lists(const std::vector<SlotArg>& slots, bool step = true);
 
 }  // namespace bind
 }  // namespace fusedtrain

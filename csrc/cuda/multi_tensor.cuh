@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "cuda/check.cuh"
 #include "cuda/optim_cuda.h"
@@ -118,18 +120,46 @@ __host__ __device__ __forceinline__ void multi_tensor_block(
   }
 }
 
+// An Op may carry `const float* found_inf` (a device pointer or null): when
+// it points at a nonzero value (inf or NaN seen upstream) every block returns
+// before touching memory, so the launch changes nothing and nothing waits
+// for the flag on the host.
+template <class Op, class = void>
+struct HasFoundInf : std::false_type {};
+template <class Op>
+struct HasFoundInf<Op, std::void_t<decltype(std::declval<const Op&>().found_inf)>>
+    : std::true_type {};
+
+template <class Op>
+__device__ __forceinline__ bool skip_launch(const Op& op) {
+  if constexpr (HasFoundInf<Op>::value) {
+    return op.found_inf != nullptr && *op.found_inf != 0.0f;
+  } else {
+    return false;
+  }
+}
+
 // One block per table entry; the table arrives by value in the parameter
 // space (__grid_constant__: read in place, never copied to local memory).
 template <class Op>
 __global__ void __launch_bounds__(kBlockThreads)
     multi_tensor_kernel(const __grid_constant__ mta::ChunkTable<Op::kDepth> table,
                         const int64_t chunk_size, const Op op) {
+  if (skip_launch(op)) return;
   multi_tensor_block(table, chunk_size, op, int(blockIdx.x), int(threadIdx.x), int(blockDim.x));
 }
 
 // ---------------------------------------------------------------------------
 // kernel launchers
 // ---------------------------------------------------------------------------
+
+// Chunk indices are stored as int32: raises for a tensor with more chunks.
+inline void require_int32_chunks(const DeviceList& dl) {
+  for (int64_t i = 0; i < dl.n; ++i)
+    if (dl.numel[i] / mta::kChunkSize >= INT32_MAX)
+      throw std::invalid_argument("array " + std::to_string(i) + " has too many elements (" +
+                                  std::to_string(dl.numel[i]) + ") for one kernel");
+}
 
 // Runs `op` over every element of every tensor of `dl` (dl.slots must be
 // Op::kDepth): one launch per chunk table, all on `stream`, none waited for.
@@ -143,11 +173,7 @@ void multi_tensor_apply(const DeviceList& dl, const Op& op, cudaStream_t stream)
   if (dl.slots != D)
     throw std::logic_error("multi_tensor_apply: expected " + std::to_string(D) +
                            " buffers per tensor, received " + std::to_string(dl.slots));
-  // chunk indices are stored as int32
-  for (int64_t i = 0; i < dl.n; ++i)
-    if (dl.numel[i] / mta::kChunkSize >= INT32_MAX)
-      throw std::invalid_argument("array " + std::to_string(i) + " has too many elements (" +
-                                  std::to_string(dl.numel[i]) + ") for one kernel");
+  require_int32_chunks(dl);
 
   Table table{};  // the kernel argument, copied at each launch (unused entries zero)
   mta::plan_launches(

@@ -13,7 +13,7 @@ from . import _core
 from ._version import __version__
 from .backend import (build_info, cuda_available, get_flush_denormal, get_num_threads,
                       set_flush_denormal, set_num_threads)
-from . import data, metrics, nn, ops, optim, reference, schedules, train
+from . import amp, data, metrics, nn, ops, optim, reference, schedules, train
 
 __all__ = [
     "__version__",
@@ -23,6 +23,7 @@ __all__ = [
     "get_num_threads",
     "set_flush_denormal",
     "set_num_threads",
+    "amp",
     "data",
     "metrics",
     "nn",

@@ -122,3 +122,23 @@ def adagrad(lr, lr_decay, weight_decay, eps, l1, maximize) -> dict:
         l1=at_least("l1", l1),
         maximize=flag("maximize", maximize),
     )
+
+
+# ---------------------------------------------------------------------------
+# loss scaling and mixed precision (every optimizer)
+# ---------------------------------------------------------------------------
+def grad_scale(value) -> float:
+    if type(value) is float and 0.0 < value < math.inf:  # fast path
+        return value
+    v = real("grad_scale", value)
+    if not 0.0 < v < math.inf:
+        raise ValueError(f"grad_scale must be a finite number > 0; received {v!r}")
+    return v
+
+
+def uint64(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int in [0, 2**64); received {type(value).__name__} {value!r}")
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an int in [0, 2**64); received {value!r}")
+    return int(value)

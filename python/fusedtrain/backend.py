@@ -143,7 +143,8 @@ def _current_stream(first) -> int:
 class _CudaOps:
     """``_cuda``'s optimizer steps under ``_core``'s signatures: every
     positional argument as ``_core`` takes it (ending with ``dry_run``), the
-    stream appended here. A dry run needs no stream and no device."""
+    stream appended here, keyword arguments passed on. A dry run needs no
+    stream and no device."""
 
     __slots__ = ("_first", "_torch")
 
@@ -156,22 +157,26 @@ class _CudaOps:
             return 0  # nothing will be launched (_cuda raises without a device)
         return _current_stream(self._first)
 
-    def _call(self, kernel, args):
+    def _call(self, kernel, args, kwargs):
         if self._torch:
             args = _plain_lists(args)
-        return kernel(*args, self._stream(args[-1]))
+            kwargs = dict(zip(kwargs, _plain_lists(tuple(kwargs.values()))))
+        return kernel(*args, self._stream(args[-1]), **kwargs)
 
-    def adam_(self, *args):
-        return self._call(_cuda.adam_, args)
+    def adam_(self, *args, **kwargs):
+        return self._call(_cuda.adam_, args, kwargs)
 
-    def sgd_(self, *args):
-        return self._call(_cuda.sgd_, args)
+    def sgd_(self, *args, **kwargs):
+        return self._call(_cuda.sgd_, args, kwargs)
 
-    def rmsprop_(self, *args):
-        return self._call(_cuda.rmsprop_, args)
+    def rmsprop_(self, *args, **kwargs):
+        return self._call(_cuda.rmsprop_, args, kwargs)
 
-    def adagrad_(self, *args):
-        return self._call(_cuda.adagrad_, args)
+    def adagrad_(self, *args, **kwargs):
+        return self._call(_cuda.adagrad_, args, kwargs)
+
+    def found_nonfinite_(self, arrays, out, dry_run=False):
+        return self._call(_cuda.found_nonfinite_, (arrays, out, dry_run), {})
 
 
 _device_present = None

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from . import amp as _amp
 from . import metrics as _metrics
 from . import ops as _ops
 from . import optim as _optim
@@ -311,6 +312,25 @@ def _optimizer(model, optimizer, lr):
     return cls(model.parameters(), lr=lr)
 
 
+def _loss_scaler(loss_scale, state):
+    """None, or the scaler fit steps through: "dynamic" (kept in the train
+    state, so a later fit goes on with its scale), a number (a static scale
+    that still skips overflowing steps) or a DynamicLossScaler."""
+    if loss_scale is None:
+        return None
+    if isinstance(loss_scale, _amp.DynamicLossScaler):
+        return loss_scale
+    if isinstance(loss_scale, str) and loss_scale == "dynamic":
+        scaler = state.get("loss_scaler")
+        if scaler is None:
+            scaler = state["loss_scaler"] = _amp.DynamicLossScaler()
+        return scaler
+    if isinstance(loss_scale, numbers.Real) and not isinstance(loss_scale, bool):
+        return _amp.DynamicLossScaler(loss_scale, growth_factor=1.0, backoff_factor=1.0)
+    raise ValueError("loss_scale must be None, 'dynamic', a number > 0 or a DynamicLossScaler; "
+                     f"received {loss_scale!r}")
+
+
 def _metric_fns(metrics):
     if metrics is None:
         return {}
@@ -348,7 +368,8 @@ class _Batcher:
 
 def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, batch_size=128,
         shuffle=True, seed=0, validation_data=None, validation_split=None, metrics=("accuracy",),
-        schedule=None, callbacks=(), progress=True, clip_norm=None, accumulate_steps=1):
+        schedule=None, callbacks=(), progress=True, clip_norm=None, accumulate_steps=1,
+        loss_scale=None):
     """Train ``model`` on (x, y); returns the :class:`History` (also model.history).
 
     loss: "cross_entropy" (integer labels), "bce" or "mse", or a Loss.
@@ -373,6 +394,15 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
     one step on a batch of k * batch_size samples (the mean loss over them;
     the last window of an epoch may hold fewer batches). The step count (and
     with it the schedule) advances once per optimizer step.
+    loss_scale: None (default: no scaling), "dynamic" (a
+    :class:`fusedtrain.amp.DynamicLossScaler` with torch's defaults), a
+    number (a static scale) or a DynamicLossScaler. The loss gradient is
+    multiplied by the scale before backward; the optimizer unscales inside
+    its fused step, and a step whose gradients hold inf or NaN is skipped
+    (the dynamic scale then halves; it doubles after 2000 clean steps).
+    The epoch logs gain ``loss_scale``. With clip_norm too, the scaled
+    gradients are clipped to ``clip_norm * scale`` (the same clip, up to the
+    1e-6 in its denominator) and a step that overflowed is still skipped.
     """
     loss_fn = _losses.get(loss)
     x = _inputs(model, x)
@@ -410,6 +440,7 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
     state = model.train_state
     if state is None:
         state = model.train_state = {"epoch": 0, "step": 0, "rng": np.random.default_rng(seed)}
+    scaler = _loss_scaler(loss_scale, state)
     if schedule is None:
         sched = None
     elif isinstance(schedule, str):
@@ -460,11 +491,19 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
                 # this batch's share of the window's mean loss
                 w0 = start - start % window
                 dout *= len(idx) / (min(n, w0 + window) - w0)
+            if scaler is not None:
+                with np.errstate(over="ignore", invalid="ignore"):  # inf: a skipped step
+                    dout *= dout.dtype.type(scaler.scale)
             model.backward(dout, accumulate=not first)
             if last:
-                if clip_norm is not None:
-                    _ops.clip_grad_norm_(model.grad_arena, clip_norm)
-                opt.step(grads)
+                if scaler is None:
+                    if clip_norm is not None:
+                        _ops.clip_grad_norm_(model.grad_arena, clip_norm)
+                    opt.step(grads)
+                else:
+                    if clip_norm is not None:  # the gradients carry the scale
+                        _ops.clip_grad_norm_(model.grad_arena, clip_norm * scaler.scale)
+                    scaler.step(opt, grads)
                 state["step"] += 1
             total_loss += float(batch_loss) * len(idx)
             bar.update(float(batch_loss), opt.param_groups[0]["lr"])
@@ -474,6 +513,8 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
             logs.update({"val_" + k: v for k, v in
                          evaluate(model, xv, yv, loss=loss_fn, metrics=metric_fns).items()})
         logs["lr"] = float(opt.param_groups[0]["lr"])
+        if scaler is not None:
+            logs["loss_scale"] = scaler.scale
         logs["time"] = time.perf_counter() - t0
         state["epoch"] += 1
         if sched is not None and hasattr(sched, "observe"):

@@ -37,11 +37,16 @@ FT_HD T ft_max(T a, T b) {
 }
 
 // torch's lerp: start + weight * (end - start), evaluated from the nearer end
-// so that weight = 1 gives end exactly.
+// so that weight = 1 gives end exactly. Both ends are evaluated and one is
+// selected (the same bits as a branch): GCC turns a loop-invariant branch
+// into loop versions only up to a loop size, and the mixed-precision loops
+// are larger.
 template <typename T>
 FT_HD T ft_lerp(T start, T end, T weight) {
-  return weight < T(0.5) ? start + weight * (end - start)
-                         : end - (end - start) * (T(1) - weight);
+  const T diff = end - start;
+  const T from_start = start + weight * diff;
+  const T from_end = end - diff * (T(1) - weight);
+  return weight < T(0.5) ? from_start : from_end;
 }
 
 }  // namespace fusedtrain

@@ -24,13 +24,14 @@ enum class Momentum { Off, On, First };  // First: the buffer is set to d (step 
 enum class Nesterov { Off, On };
 enum class Centered { Off, On };
 
-// The gradient the update sees: sign flip for maximize (grad_sign = -1), L2
-// term, L1 term. l2 and l1 are zero when unused; the selects keep the
+// The gradient the update sees: unscaled and sign-flipped by one multiply
+// (grad_mult = +-1 / grad_scale, - for maximize), L2 term, L1 term. l2 and
+// l1 are zero when unused; the selects keep the
 // gradient bit-exact then. (Flags are numbers, not bools, in the scalar
 // structs: a bool select inside the loop stops GCC from vectorising it.)
 template <typename T>
-FT_HD T effective_grad(T g, T p, T grad_sign, T l2, T l1) {
-  g = g * grad_sign;
+FT_HD T effective_grad(T g, T p, T grad_mult, T l2, T l1) {
+  g = g * grad_mult;
   g = l2 != T(0) ? g + l2 * p : g;
   g = l1 != T(0) ? g + l1 * ft_sign(p) : g;
   return g;
@@ -45,12 +46,12 @@ FT_HD T effective_grad(T g, T p, T grad_sign, T l2, T l1) {
 // ---------------------------------------------------------------------------
 template <typename T>
 struct SgdScalars {
-  T neg_lr, momentum, one_minus_dampening, weight_decay, l1, grad_sign;
+  T neg_lr, momentum, one_minus_dampening, weight_decay, l1, grad_mult;
 };
 
 template <Momentum M, Nesterov N, typename T>
 FT_HD void sgd_update(T& p, T g, T& buf, const SgdScalars<T>& s) {
-  T d = effective_grad(g, p, s.grad_sign, s.weight_decay, s.l1);
+  T d = effective_grad(g, p, s.grad_mult, s.weight_decay, s.l1);
   if constexpr (M != Momentum::Off) {
     buf = M == Momentum::First ? d : buf * s.momentum + s.one_minus_dampening * d;
     if constexpr (N == Nesterov::On) {
@@ -76,12 +77,12 @@ struct AdamScalars {
   T decay_factor;  // 1 - lr * weight_decay for AdamW, 1 for Adam
   T neg_step_size; // -lr / (1 - beta1^t)
   T bias_correction2_sqrt;  // sqrt(1 - beta2^t)
-  T l1, grad_sign;
+  T l1, grad_mult;
 };
 
 template <WeightDecay WD, AmsGrad A, typename T>
 FT_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, const AdamScalars<T>& s) {
-  g = effective_grad(g, p, s.grad_sign, s.l2, s.l1);
+  g = effective_grad(g, p, s.grad_mult, s.l2, s.l1);
   if constexpr (WD == WeightDecay::Decoupled) p = p * s.decay_factor;
   m = ft_lerp(m, g, s.one_minus_beta1);
   v = v * s.beta2 + s.one_minus_beta2 * g * g;
@@ -104,13 +105,13 @@ FT_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, const AdamScalars<T>& s) 
 // ---------------------------------------------------------------------------
 template <typename T>
 struct RmspropScalars {
-  T neg_lr, alpha, one_minus_alpha, eps, momentum, weight_decay, l1, grad_sign;
+  T neg_lr, alpha, one_minus_alpha, eps, momentum, weight_decay, l1, grad_mult;
 };
 
 template <Centered C, Momentum M, typename T>
 FT_HD void rmsprop_update(T& p, T g, T& square_avg, T& grad_avg, T& buf,
                           const RmspropScalars<T>& s) {
-  g = effective_grad(g, p, s.grad_sign, s.weight_decay, s.l1);
+  g = effective_grad(g, p, s.grad_mult, s.weight_decay, s.l1);
   square_avg = square_avg * s.alpha + s.one_minus_alpha * g * g;
   T avg;
   if constexpr (C == Centered::On) {
@@ -135,12 +136,12 @@ FT_HD void rmsprop_update(T& p, T g, T& square_avg, T& grad_avg, T& buf,
 // ---------------------------------------------------------------------------
 template <typename T>
 struct AdagradScalars {
-  T neg_clr, eps, weight_decay, l1, grad_sign;
+  T neg_clr, eps, weight_decay, l1, grad_mult;
 };
 
 template <typename T>
 FT_HD void adagrad_update(T& p, T g, T& sum, const AdagradScalars<T>& s) {
-  g = effective_grad(g, p, s.grad_sign, s.weight_decay, s.l1);
+  g = effective_grad(g, p, s.grad_mult, s.weight_decay, s.l1);
   sum = sum + g * g;
   const T std_ = ft_sqrt(sum) + s.eps;
   p = p + s.neg_clr * g / std_;
@@ -149,22 +150,36 @@ FT_HD void adagrad_update(T& p, T g, T& sum, const AdagradScalars<T>& s) {
 // ---------------------------------------------------------------------------
 // Host-side per-step scalars, computed in double and cast once.
 // ---------------------------------------------------------------------------
+// grad_scale: the gradients arrive multiplied by it (loss scaling); the
+// kernels multiply them by the reciprocal 1 / grad_scale, computed here in
+// double and rounded once to the compute type (exact for the powers of two a
+// dynamic loss scaler uses), folded with maximize's sign into grad_mult.
 struct AdamHyper {
   double lr, beta1, beta2, eps, weight_decay, l1;
   bool amsgrad, decoupled, maximize;
+  double grad_scale = 1.0;
 };
 struct SgdHyper {
   double lr, momentum, dampening, weight_decay, l1;
   bool nesterov, maximize;
+  double grad_scale = 1.0;
 };
 struct RmspropHyper {
   double lr, alpha, eps, weight_decay, momentum, l1;
   bool centered, maximize;
+  double grad_scale = 1.0;
 };
 struct AdagradHyper {
   double lr, lr_decay, weight_decay, eps, l1;
   bool maximize;
+  double grad_scale = 1.0;
 };
+
+// +-1 / grad_scale in double (- for maximize), rounded once by the caller.
+inline double grad_multiplier(bool maximize, double grad_scale) {
+  const double inv = 1.0 / grad_scale;
+  return maximize ? -inv : inv;
+}
 
 // ---------------------------------------------------------------------------
 // Which variant a call runs: the run-time flags become template parameters
@@ -240,7 +255,7 @@ AdamScalars<T> make_adam_scalars(const AdamHyper& h, int64_t step) {
   s.neg_step_size = T(-(h.lr / bc1));
   s.bias_correction2_sqrt = T(std::sqrt(bc2));
   s.l1 = T(h.l1);
-  s.grad_sign = h.maximize ? T(-1) : T(1);
+  s.grad_mult = T(grad_multiplier(h.maximize, h.grad_scale));
   return s;
 }
 
@@ -252,7 +267,7 @@ SgdScalars<T> make_sgd_scalars(const SgdHyper& h) {
   s.one_minus_dampening = T(1.0 - h.dampening);
   s.weight_decay = T(h.weight_decay);
   s.l1 = T(h.l1);
-  s.grad_sign = h.maximize ? T(-1) : T(1);
+  s.grad_mult = T(grad_multiplier(h.maximize, h.grad_scale));
   return s;
 }
 
@@ -266,7 +281,7 @@ RmspropScalars<T> make_rmsprop_scalars(const RmspropHyper& h) {
   s.momentum = T(h.momentum);
   s.weight_decay = T(h.weight_decay);
   s.l1 = T(h.l1);
-  s.grad_sign = h.maximize ? T(-1) : T(1);
+  s.grad_mult = T(grad_multiplier(h.maximize, h.grad_scale));
   return s;
 }
 
@@ -277,7 +292,7 @@ AdagradScalars<T> make_adagrad_scalars(const AdagradHyper& h, int64_t step) {
   s.eps = T(h.eps);
   s.weight_decay = T(h.weight_decay);
   s.l1 = T(h.l1);
-  s.grad_sign = h.maximize ? T(-1) : T(1);
+  s.grad_mult = T(grad_multiplier(h.maximize, h.grad_scale));
   return s;
 }
 

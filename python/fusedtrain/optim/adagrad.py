@@ -27,8 +27,9 @@ class Adagrad(Optimizer):
     def _initial_value(self, name, group):
         return group["initial_accumulator_value"]
 
-    def _step_group(self, group, params, grads, buffers, step, dry_run=False):
+    def _step_group(self, group, params, grads, buffers, step, dry_run=False, **extra):
         h = group
         module_for(params[0]).adagrad_(
             params, grads, buffers["sum"], step, float(h["lr"]), float(h["lr_decay"]),
-            float(h["weight_decay"]), float(h["eps"]), float(h["l1"]), bool(h["maximize"]), dry_run)
+            float(h["weight_decay"]), float(h["eps"]), float(h["l1"]), bool(h["maximize"]), dry_run,
+            **extra)

@@ -25,13 +25,14 @@ class Adam(Optimizer):
         base = ("exp_avg", "exp_avg_sq")
         return base + ("max_exp_avg_sq",) if group["amsgrad"] else base
 
-    def _step_group(self, group, params, grads, buffers, step, dry_run=False):
+    def _step_group(self, group, params, grads, buffers, step, dry_run=False, **extra):
         h = group
         b1, b2 = h["betas"]
         module_for(params[0]).adam_(
             params, grads, buffers["exp_avg"], buffers["exp_avg_sq"], buffers.get("max_exp_avg_sq"),
             step, float(h["lr"]), float(b1), float(b2), float(h["eps"]), float(h["weight_decay"]),
-            float(h["l1"]), bool(h["amsgrad"]), self._decoupled, bool(h["maximize"]), dry_run)
+            float(h["l1"]), bool(h["amsgrad"]), self._decoupled, bool(h["maximize"]), dry_run,
+            **extra)
 
 
 class AdamW(Adam):

@@ -13,12 +13,27 @@ import re
 
 import numpy as np
 
+from .. import _validate as V
 from .. import backend as B
 
 __all__ = ["Optimizer"]
 
 _ITEM = re.compile(r"\b(params|grads|exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg"
-                   r"|grad_avg|state_sum)\[(\d+)\]")
+                   r"|grad_avg|state_sum|master_params)\[(\d+)\]")
+
+_F32 = np.dtype(np.float32)
+_PLAIN = (np.dtype(np.float32), np.dtype(np.float64))
+MASTER = "master_param"  # the state key of the float32 master weights
+
+
+def _bfloat16():
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def _narrow_dtypes() -> tuple:
+    return (np.dtype(np.float16), _bfloat16())
 
 
 class Optimizer:
@@ -35,12 +50,43 @@ class Optimizer:
     torch) each with a ``"params"`` list and optional hyperparameters that
     override the constructor's. ``opt.param_groups[i]["lr"] = x`` changes the
     learning rate from the next step on.
+
+    Mixed precision (keyword-only, for every optimizer):
+
+    ``master_weights`` (default False)
+        True for float16 / bfloat16 params (``numpy.float16``,
+        ``ml_dtypes.bfloat16``): the optimizer keeps float32 master weights
+        (state key ``"master_param"``, copied from the params at the first
+        step) and each step updates them and writes the params rounded to
+        their dtype (:func:`fusedtrain.ops.adam_` describes the step).
+    ``state_dtype`` (default ``"float32"``)
+        ``"bfloat16"`` keeps the optimizer states in bfloat16 (rounded to
+        nearest even after each float32 update); with master_weights only.
+    ``stochastic_rounding`` (default False), ``seed`` (default 0)
+        Round the params stochastically (Philox stream ``seed``, counter
+        offset the step count) instead of to nearest even.
+
+    ``step(grads, grad_scale=1.0, found_inf=None)``: gradients of a loss
+    scaled by ``grad_scale`` are unscaled in the kernel; a true ``found_inf``
+    skips the step (nothing changes, the step count included).
     """
 
     #: hyperparameter names and torch's defaults, set by each subclass
     defaults_: dict = {}
 
-    def __init__(self, params, **hyperparameters):
+    def __init__(self, params, *, master_weights=False, state_dtype="float32",
+                 stochastic_rounding=False, seed=0, **hyperparameters):
+        self._master = V.flag("master_weights", master_weights)
+        self._stochastic = V.flag("stochastic_rounding", stochastic_rounding)
+        self._seed = V.uint64("seed", seed)
+        names = {"float32": _F32, "bfloat16": None}
+        key = state_dtype if isinstance(state_dtype, str) else str(np.dtype(state_dtype))
+        if key not in names:
+            raise ValueError(f"state_dtype must be 'float32' or 'bfloat16'; received {state_dtype!r}")
+        if key == "bfloat16" and not self._master:
+            raise ValueError("state_dtype='bfloat16' needs master_weights=True (bfloat16 states go "
+                             "with float16 / bfloat16 params); received master_weights=False")
+        self._state_dtype = _F32 if key == "float32" else _bfloat16()
         unknown = set(hyperparameters) - set(self.defaults_)
         if unknown:
             raise TypeError(
@@ -87,12 +133,21 @@ class Optimizer:
                                 f"like param_groups[{gi}]['params'][0], received "
                                 f"{type(p).__module__}.{type(p).__name__}")
             if on_gpu:
+                if self._master:
+                    raise TypeError(f"{where}: master_weights=True takes NumPy float16 / bfloat16 "
+                                    "parameters (GPU arrays: use fusedtrain.ops with "
+                                    "master_params=); received a GPU array")
                 problem = B.gpu_array_problem(p)
                 if problem is not None:
                     kind = TypeError if problem.startswith("expected dtype") else ValueError
                     raise kind(f"{where}: {problem}")
-            elif p.dtype not in (np.float32, np.float64):
-                raise TypeError(f"{where}: expected dtype float32 or float64, received {p.dtype}")
+            elif self._master and p.dtype not in _narrow_dtypes():
+                raise TypeError(f"{where}: expected dtype float16 or bfloat16 (master_weights=True), "
+                                f"received {p.dtype}")
+            elif not self._master and p.dtype not in _PLAIN:
+                hint = (" (float16 / bfloat16 params need master_weights=True)"
+                        if p.dtype in _narrow_dtypes() else "")
+                raise TypeError(f"{where}: expected dtype float32 or float64, received {p.dtype}{hint}")
             elif not p.flags.c_contiguous or not p.flags.writeable:
                 raise ValueError(f"{where}: expected a writable C-contiguous array (updated in place)")
             if id(p) in seen:
@@ -111,9 +166,25 @@ class Optimizer:
         return [p for g in self.param_groups for p in g["params"]]
 
     # -------------------------------------------------------------------- step
-    def step(self, grads) -> None:
+    def step(self, grads, grad_scale=1.0, found_inf=None) -> None:
         """Update every parameter in place from ``grads`` (one array per
-        parameter, in the order of ``params`` flattened across groups)."""
+        parameter, in the order of ``params`` flattened across groups).
+
+        ``grad_scale``: the gradients are of a loss scaled by it; the kernels
+        multiply them by ``1 / grad_scale``. ``found_inf``: a bool, a number
+        or a 1-element float32 array (NumPy, or GPU: then read back once, as
+        torch's GradScaler does); when nonzero the step is skipped after the
+        argument checks (params, states, master weights and the step count
+        unchanged)."""
+        from ..ops import _found_inf  # one definition of the accepted forms
+
+        extra = {}
+        scale = V.grad_scale(grad_scale)
+        if scale != 1.0:
+            extra["grad_scale"] = scale
+        if B.is_gpu_array(found_inf):
+            found_inf = B.to_host(found_inf)
+        skip = _found_inf(_core_module(), found_inf)
         if B.is_array(grads):
             grads = [grads]
         n = sum(len(g["params"]) for g in self.param_groups)
@@ -131,12 +202,12 @@ class Optimizer:
             plans.append((group, gstate, grads[start:stop], buffers, flats, gstate["step"] + 1))
             start = stop
         arenas = [self._arena_call(gi, plan) for gi, plan in enumerate(plans)]
-        if len(plans) > 1 or any(a is not None for a in arenas):
+        if skip or len(plans) > 1 or any(a is not None for a in arenas):
             # every array of every group is checked before anything is written
             # (one kernel call validates only its own lists)
             for gi, (group, _, group_grads, buffers, _, step) in enumerate(plans):
                 try:
-                    self._step_group(group, group["params"], group_grads, buffers, step, dry_run=True)
+                    self._call(group, group["params"], group_grads, buffers, step, {}, dry_run=True)
                 except (TypeError, ValueError) as exc:
                     if len(plans) == 1:
                         raise
@@ -144,17 +215,39 @@ class Optimizer:
                     offset = sum(len(g["params"]) for g in self.param_groups[:gi])
                     msg = _ITEM.sub(lambda m: f"{m.group(1)}[{int(m.group(2)) + offset}]", str(exc))
                     raise type(exc)(f"param_groups[{gi}]: {msg}") from None
+        if skip:
+            return  # checked; nothing is written, the step count stays
         for (group, gstate, group_grads, buffers, flats, step), arena in zip(plans, arenas):
             if arena is not None:
                 # parameters, gradients and states each tile one flat array:
                 # step the whole group as a single array
-                self._step_group(group, *arena, step)
+                self._call(group, *arena, step, extra)
             else:
-                self._step_group(group, group["params"], group_grads, buffers, step)
+                self._call(group, group["params"], group_grads, buffers, step, extra)
             # committed only after the kernel succeeded
             gstate.update(buffers)
             gstate["_flat"] = flats
             gstate["step"] = step
+
+    def _call(self, group, params, grads, buffers, step, extra, dry_run=False):
+        """One kernel call over a group: the master weights and the rounding
+        options join the keyword arguments."""
+        if self._master:
+            buffers = dict(buffers)
+            extra = dict(extra, master_params=buffers.pop(MASTER))
+            if self._stochastic:
+                extra.update(stochastic_rounding=True, seed=self._seed, rng_offset=step)
+        self._step_group(group, params, grads, buffers, step, dry_run=dry_run, **extra)
+
+    def _names(self, group) -> tuple:
+        """The group's state names, the master weights last."""
+        names = self._state_names(group)
+        return names + (MASTER,) if self._master else names
+
+    def _dtype_of(self, name, param_dtype):
+        if name == MASTER:
+            return _F32
+        return self._state_dtype if self._master else param_dtype
 
     def _arena_call(self, gi, plan):
         """(params, grads, buffers) as single flat arrays when the group's
@@ -174,16 +267,24 @@ class Optimizer:
         parameters tile one arena, the flat arrays those lists are views of."""
         out, flats = {}, {}
         arena = self._arena[gi]
-        for name in self._state_names(group):
+        for name in self._names(group):
             bufs = gstate.get(name)
             flat = gstate.get("_flat", {}).get(name)
-            if bufs is None:
-                fill = self._initial_value(name, group)
+            if bufs is None and name == MASTER:  # the params, widened
                 if arena is not None:
-                    flat = np.full(arena.size, fill, dtype=arena.dtype)
+                    flat = arena.astype(_F32)
                     bufs = _views(flat, group["params"])
                 else:
-                    bufs = [B.full_like(p, fill) for p in group["params"]]
+                    bufs = [p.astype(_F32) for p in group["params"]]
+            elif bufs is None:
+                fill = self._initial_value(name, group)
+                if arena is not None:
+                    flat = np.full(arena.size, fill, dtype=self._dtype_of(name, arena.dtype))
+                    bufs = _views(flat, group["params"])
+                else:
+                    bufs = [B.full_like(p, fill) if B.is_gpu_array(p)
+                            else np.full(p.shape, fill, dtype=self._dtype_of(name, p.dtype))
+                            for p in group["params"]]
             out[name] = bufs
             if flat is not None:
                 flats[name] = flat
@@ -217,7 +318,7 @@ class Optimizer:
             for i in range(len(group["params"])):
                 if gstate["step"] > 0:
                     entry = {"step": float(gstate["step"])}
-                    for name in self._state_names(group):
+                    for name in self._names(group):
                         if name in gstate:
                             entry[name] = gstate[name][i]
                     out[index] = entry
@@ -262,7 +363,7 @@ class Optimizer:
                                  f"missing {sorted(missing)}, unexpected {sorted(extra)}")
             merged = {**group, **hyper}
             self._check(merged)
-            names = self._state_names(merged)
+            names = self._names(merged)
             gstate = {"step": 0}
             steps = set()
             for i, key in enumerate(saved["params"]):
@@ -282,7 +383,9 @@ class Optimizer:
                                          f"expected {tuple(p.shape)} (the parameter's shape)")
                     # in the parameter's library, dtype and device (a GPU state
                     # loads from NumPy and the other way round)
-                    gstate.setdefault(name, [None] * n)[i] = B.copy_like(p, arr)
+                    gstate.setdefault(name, [None] * n)[i] = (
+                        B.copy_like(p, arr) if B.is_gpu_array(p)
+                        else np.array(B.to_host(arr), dtype=self._dtype_of(name, p.dtype), order="C"))
             if steps:
                 if len(steps) != 1 or any(a is None for k, v in gstate.items() if k != "step" for a in v):
                     raise ValueError(f"state_dict: parameters of param_groups[{gi}] must all have state "
@@ -292,7 +395,8 @@ class Optimizer:
                 flats = {}
                 for name in names:
                     if name in gstate:
-                        flats[name] = flat = np.empty(self._arena[gi].size, dtype=self._arena[gi].dtype)
+                        flats[name] = flat = np.empty(
+                            self._arena[gi].size, dtype=self._dtype_of(name, self._arena[gi].dtype))
                         views = _views(flat, group["params"])
                         for v, arr in zip(views, gstate[name]):
                             v[...] = arr
@@ -314,6 +418,12 @@ class Optimizer:
             hp = ", ".join(f"{k}={g[k]!r}" for k in self.defaults_)
             lines.append(f"  group {i}: {len(g['params'])} params, {hp}")
         return "\n".join(lines + [")"])
+
+
+def _core_module():
+    from .. import _core
+
+    return _core
 
 
 def _tiling(arrays):

@@ -29,13 +29,13 @@ class RMSProp(Optimizer):
             names += ("grad_avg",)
         return names
 
-    def _step_group(self, group, params, grads, buffers, step, dry_run=False):
+    def _step_group(self, group, params, grads, buffers, step, dry_run=False, **extra):
         h = group
         module_for(params[0]).rmsprop_(
             params, grads, buffers["square_avg"], buffers.get("grad_avg"),
             buffers.get("momentum_buffer"), float(h["lr"]), float(h["alpha"]), float(h["eps"]),
             float(h["weight_decay"]), float(h["momentum"]), float(h["l1"]), bool(h["centered"]),
-            bool(h["maximize"]), dry_run)
+            bool(h["maximize"]), dry_run, **extra)
 
 
 RMSprop = RMSProp  # torch's spelling

@@ -24,9 +24,9 @@ class SGD(Optimizer):
     def _state_names(self, group):
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _step_group(self, group, params, grads, buffers, step, dry_run=False):
+    def _step_group(self, group, params, grads, buffers, step, dry_run=False, **extra):
         h = group
         module_for(params[0]).sgd_(
             params, grads, buffers.get("momentum_buffer"), step, float(h["lr"]),
             float(h["momentum"]), float(h["dampening"]), float(h["weight_decay"]), float(h["l1"]),
-            bool(h["nesterov"]), bool(h["maximize"]), dry_run)
+            bool(h["nesterov"]), bool(h["maximize"]), dry_run, **extra)

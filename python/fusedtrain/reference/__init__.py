@@ -1,4 +1,4 @@
-from .optim import sgd, adam, adamw, rmsprop, adagrad
+from .optim import sgd, adam, adamw, rmsprop, adagrad, mixed
 from .dense import activation, activation_grad, dense_backward, dense_forward
 from .loss import (bce_with_logits, dropout, dropout_backward, dropout_mask, mse, philox4x32_10,
                    softmax_cross_entropy)
