@@ -446,3 +446,17 @@ def test_gpu_orchestration_on_stand_ins(monkeypatch):
     rec.calls.clear()
     ops.clip_grad_value_(grads, 0.25)
     assert rec.calls == [("clamp_", (grads, -0.25, 0.25, False, 0xABC))]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_gradients_are_refused(dtype):
+    """Clipping has no float16 / bfloat16 variant: such lists raise, unchanged."""
+    import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy)
+
+    g = np.ones(5, dtype=np.dtype(dtype))
+    before = g.copy()
+    for call in (lambda: ops.global_norm([g]), lambda: ops.clip_grad_norm_([g], 0.5)):
+        with pytest.raises(TypeError, match=rf"grads\[0\]: expected dtype float32 or float64, "
+                                            rf"received {dtype}"):
+            call()
+    assert g.tobytes() == before.tobytes()

@@ -233,3 +233,9 @@ def test_gpu_null_step_matches_numpy():
     np.testing.assert_array_equal(cp.asnumpy(gw[0]), w[0] + x)
     for a, b in zip(gw[1:], w[1:]):
         np.testing.assert_array_equal(cp.asnumpy(a), b * 0.5 + x)
+
+
+def test_master_weights_take_numpy_params_only():
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['params'\]\[0\]: master_weights=True "
+                                        r"takes NumPy float16 / bfloat16 parameters"):
+        optim.Adam([FakeGpuArray((3,), "<f2")], lr=0.1, master_weights=True)

@@ -148,3 +148,17 @@ def test_cli_passes_clip_norm_and_accumulate_steps(monkeypatch, capsys):
     assert cli.main(["train", "--quiet", "--epochs", "1", "--clip-norm", "2.5",
                      "--accumulate-steps", "3"]) == 0
     assert seen["clip_norm"] == 2.5 and seen["accumulate_steps"] == 3
+
+
+@pytest.mark.parametrize("accumulate_steps", [1, 2])
+def test_clip_norm_with_a_loss_scale_clips_as_without(accumulate_steps):
+    """With loss_scale and clip_norm, fit unscales the gradients (by a power
+    of two: exactly), clips and steps: the run matches the unscaled one."""
+    x, y = _data(48, dtype=np.float64)
+    plain, scaled = _mlp(np.float64), _mlp(np.float64)
+    kw = dict(optimizer="adam", lr=0.01, batch_size=8, clip_norm=0.05,
+              accumulate_steps=accumulate_steps)
+    _fit(plain, x, y, **kw)
+    history = _fit(scaled, x, y, loss_scale=1024.0, **kw)
+    assert history.history["loss_scale"][-1] == 1024.0
+    np.testing.assert_array_equal(scaled.param_arena, plain.param_arena)

@@ -400,9 +400,9 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
     multiplied by the scale before backward; the optimizer unscales inside
     its fused step, and a step whose gradients hold inf or NaN is skipped
     (the dynamic scale then halves; it doubles after 2000 clean steps).
-    The epoch logs gain ``loss_scale``. With clip_norm too, the scaled
-    gradients are clipped to ``clip_norm * scale`` (the same clip, up to the
-    1e-6 in its denominator) and a step that overflowed is still skipped.
+    The epoch logs gain ``loss_scale``. With clip_norm too, the gradients
+    are unscaled first (one pass over the arena, as torch's
+    ``GradScaler.unscale_``), checked for inf / NaN, clipped and stepped.
     """
     loss_fn = _losses.get(loss)
     x = _inputs(model, x)
@@ -500,10 +500,17 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
                     if clip_norm is not None:
                         _ops.clip_grad_norm_(model.grad_arena, clip_norm)
                     opt.step(grads)
-                else:
-                    if clip_norm is not None:  # the gradients carry the scale
-                        _ops.clip_grad_norm_(model.grad_arena, clip_norm * scaler.scale)
-                    scaler.step(opt, grads)
+                elif clip_norm is None:
+                    scaler.step(opt, grads)  # unscaled inside the fused step
+                else:  # as torch's GradScaler.unscale_ before clipping
+                    arena = model.grad_arena
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        arena *= arena.dtype.type(1.0 / scaler.scale)
+                    found = _amp.found_nonfinite(grads)
+                    if not found:
+                        _ops.clip_grad_norm_(arena, clip_norm)
+                    opt.step(grads, found_inf=found)
+                    scaler.update(found)
                 state["step"] += 1
             total_loss += float(batch_loss) * len(idx)
             bar.update(float(batch_loss), opt.param_groups[0]["lr"])
