@@ -15,6 +15,9 @@ Adam over bfloat16 params with float32 master weights and float32 states
                     per element)
 * ``DeepSpeedCPUAdam`` (when deepspeed and its cpu_adam extension load): float32
                     params and states, as ZeRO-Offload steps them on the CPU
+* ``DeepSpeedCPUAdam bf16`` its bfloat16 mode: bfloat16 params and grads,
+                    float32 states, no master weights (the bfloat16 param is
+                    updated in place: 22 bytes per element)
 
 Before anything is timed, each competitor takes one step from identical inputs
 and every buffer it writes is compared with the NumPy reference
@@ -53,7 +56,9 @@ F32 = "fp32 Adam"
 F32_NULL = "fp32 null"
 BF16_STATES = "bf16-state Adam"
 DEEPSPEED = "DeepSpeedCPUAdam"
-BYTES = {MIXED: 28, MIXED_NULL: 28, F32: 28, F32_NULL: 28, BF16_STATES: 20, DEEPSPEED: 28}
+DEEPSPEED_BF16 = "DeepSpeedCPUAdam bf16"
+BYTES = {MIXED: 28, MIXED_NULL: 28, F32: 28, F32_NULL: 28, BF16_STATES: 20, DEEPSPEED: 28,
+         DEEPSPEED_BF16: 22}
 
 SIZES = {"1M": 1 << 20, "16M": 16 << 20, "64M": 64 << 20}
 
@@ -109,20 +114,26 @@ class Problem:
             _core.null_step_(*lists)
         return step, st
 
-    def deepspeed(self):
+    def deepspeed(self, bf16=False):
+        """DeepSpeedCPUAdam over float32 params, or (bf16) over bfloat16
+        params and grads with its default float32 states."""
         import torch
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        p = torch.nn.Parameter(torch.from_numpy(self.master.copy()))
-        p.grad = torch.from_numpy(self.grad32.copy())
+        if bf16:
+            p = torch.nn.Parameter(torch.from_numpy(self.master.copy()).to(torch.bfloat16))
+            p.grad = torch.from_numpy(self.grad32.copy()).to(torch.bfloat16)
+        else:
+            p = torch.nn.Parameter(torch.from_numpy(self.master.copy()))
+            p.grad = torch.from_numpy(self.grad32.copy())
         b1, b2 = HYPER["betas"]
         opt = DeepSpeedCPUAdam([p], lr=HYPER["lr"], betas=(b1, b2), eps=HYPER["eps"],
                                weight_decay=0.0, adamw_mode=False)
         opt.state[p]["step"] = STEP - 1
         opt.state[p]["exp_avg"] = torch.from_numpy(self.m.copy())
         opt.state[p]["exp_avg_sq"] = torch.from_numpy(self.v.copy())
-        st = dict(p=p.data.numpy(), m=opt.state[p]["exp_avg"].numpy(),
-                  v=opt.state[p]["exp_avg_sq"].numpy())
+        st = dict(p=p.data.view(torch.int16).numpy().view(BF16) if bf16 else p.data.numpy(),
+                  m=opt.state[p]["exp_avg"].numpy(), v=opt.state[p]["exp_avg_sq"].numpy())
         return opt.step, st
 
 
@@ -135,6 +146,17 @@ def expected_mixed(pb: Problem, state_dtype=np.float32) -> dict:
     reference.mixed(reference.adam, p, pb.grad16, master, m, v, step=STEP, **HYPER)
     return {"params": [p.astype(np.float32)], "master": [master], "exp_avg": [m.astype(np.float32)],
             "exp_avg_sq": [v.astype(np.float32)]}
+
+
+def expected_bf16_in_place(pb: Problem) -> dict:
+    """The bfloat16 param updated in place (no master weights): the mixed
+    step from master = the widened bfloat16 param (DeepSpeed's own order of
+    operations: compared to within one bfloat16 ulp)."""
+    p = pb.param16.copy()
+    master = p.astype(np.float32)
+    m, v = pb.m.copy(), pb.v.copy()
+    reference.mixed(reference.adam, p, pb.grad16, master, m, v, step=STEP, **HYPER)
+    return {"params": [p.astype(np.float32)], "exp_avg": [m], "exp_avg_sq": [v]}
 
 
 def expected_f32(pb: Problem) -> dict:
@@ -179,6 +201,9 @@ def competitors(pb: Problem, with_deepspeed: bool) -> dict:
     if with_deepspeed:
         step, st = pb.deepspeed()
         out[DEEPSPEED] = (step, st, lambda: expected_f32(pb), 1e-5, 1e-6)
+        step, st = pb.deepspeed(bf16=True)
+        # one bfloat16 ulp of the params (2^-7 relative) for DeepSpeed's rounding
+        out[DEEPSPEED_BF16] = (step, st, lambda: expected_bf16_in_place(pb), 2.0 ** -7, 1e-6)
     return out
 
 
@@ -222,9 +247,9 @@ def render(payload: dict) -> str:
              f"{payload['config']['deepspeed']}.", "",
              "Median time of one step; GB/s counts each buffer's bytes read and written "
              "(bfloat16 + float32 master Adam: 28 bytes per element; float32 Adam: 28; "
-             "bfloat16 states: 20). Ratios are paired (median over rounds of the per-round "
+             "bfloat16 states: 20; DeepSpeed's bfloat16 mode, no master weights: 22). Ratios are paired (median over rounds of the per-round "
              "time ratio); throughput vs null = null time / Adam time.", ""]
-    names = [MIXED, MIXED_NULL, F32, F32_NULL, BF16_STATES, DEEPSPEED]
+    names = [MIXED, MIXED_NULL, F32, F32_NULL, BF16_STATES, DEEPSPEED, DEEPSPEED_BF16]
     headers = ["size"] + [f"{n} ms" for n in names] + [
         "mixed / mixed null (throughput)", "fp32 / fp32 null (throughput)",
         "mixed time / fp32 time", "mixed GB/s", "mixed null GB/s"]
@@ -291,6 +316,13 @@ def main(argv=None) -> int:
     thr = 1.0 / results[largest]["timing"][MIXED]["paired_ratio_vs_mixed_null"]
     targets = [{"what": f"{largest}: bf16 + fp32-master Adam ≥ 0.9× its null kernel's throughput",
                 "value": thr, "ok": thr >= 0.9}]
+    timing = results[largest]["timing"]
+    for ds, ours in ((DEEPSPEED_BF16, MIXED), (DEEPSPEED_BF16, BF16_STATES), (DEEPSPEED, F32)):
+        if ds in timing:  # speed-up over DeepSpeed: its time / ours, paired
+            pairs = [d / o for d, o in zip(timing[ds]["raw_ns"], timing[ours]["raw_ns"])]
+            speed = float(np.median(pairs))
+            targets.append({"what": f"{largest}: {ours} ≥ 1× {ds} (speed-up)", "value": speed,
+                            "ok": speed >= 1.0})
     payload = {"machine": H.machine_info(),
                "config": {"sizes": args.sizes, "repeats": args.repeats, "min_time": args.min_time,
                           "threads": fusedtrain.get_num_threads(), "hyper": HYPER, "step": STEP,
