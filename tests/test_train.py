@@ -157,6 +157,32 @@ def test_resume_is_bitwise_identical(tmp_path):
     assert resumed.history["loss"] == pytest.approx(full.history["loss"])
 
 
+def test_resume_keeps_the_dynamic_loss_scaler(tmp_path):
+    """fit(loss_scale="dynamic") keeps its scaler in the train state; a
+    checkpoint carries it, so a resumed run goes on with the same scale and
+    counts (and the same parameters) as an uninterrupted one."""
+    x, y, _ = _resume_setup()
+    kw = dict(optimizer="adam", batch_size=16, progress=False, loss_scale="dynamic")
+    full = _mlp(np.float32)
+    full.fit(x, y, epochs=4, **kw)
+
+    first = _mlp(np.float32)
+    first.fit(x, y, epochs=2, **kw)
+    scaler = first.train_state["loss_scaler"]
+    scaler.scale, scaler.good_steps = 2.0 ** 12, 7  # as if it had backed off: must survive
+    path = tmp_path / "scaled.npz"
+    first.save(path)
+
+    resumed = _mlp(np.float32, seed=5)
+    resumed.load(path)
+    assert resumed.train_state["loss_scaler"].state_dict() == scaler.state_dict()
+    resumed.fit(x, y, epochs=2, **kw)
+    assert resumed.train_state["loss_scaler"].good_steps == 7 + 10  # 2 epochs of 5 steps
+    assert resumed.history["loss_scale"][-1] == 2.0 ** 12
+    full_sd = full.train_state["loss_scaler"].state_dict()
+    assert full_sd["good_steps"] == 20 and full_sd["scale"] == 2.0 ** 16
+
+
 def test_atomic_write_keeps_old_checkpoint_on_failure(tmp_path, monkeypatch):
     x, y, _ = _resume_setup()
     model = _mlp(np.float32)

@@ -70,6 +70,9 @@ def save(path, model, optimizer=None) -> None:
     if st is not None:
         meta["train_state"] = {"epoch": st["epoch"], "step": st["step"],
                                "rng": _jsonable(st["rng"].bit_generator.state)}
+        scaler = st.get("loss_scaler")  # fit(loss_scale="dynamic") keeps it here
+        if scaler is not None:
+            meta["train_state"]["loss_scaler"] = _jsonable(scaler.state_dict())
     if optimizer is not None:
         sd = optimizer.state_dict()
         state_meta = {}
@@ -174,6 +177,16 @@ def load(path, model) -> dict:
             raise ValueError(f"checkpoint {name!r}: bad RNG state ({exc})") from None
         train_state = {"epoch": int(meta["train_state"]["epoch"]),
                        "step": int(meta["train_state"]["step"]), "rng": rng}
+        scaler_state = meta["train_state"].get("loss_scaler")
+        if scaler_state is not None:
+            from .amp import DynamicLossScaler
+
+            try:
+                scaler = DynamicLossScaler()
+                scaler.load_state_dict(scaler_state)
+            except (TypeError, ValueError, KeyError) as exc:
+                raise ValueError(f"checkpoint {name!r}: bad loss scaler state ({exc})") from None
+            train_state["loss_scaler"] = scaler
 
     # everything checked: apply
     from .train import History
