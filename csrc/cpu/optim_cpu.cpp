@@ -283,7 +283,7 @@ FT_CLONES void null_mixed_range(BFloat16* __restrict p, const BFloat16* __restri
     a[i] = a[i] + x;
     if constexpr (NRW > 1) b[i] = b[i] * 0.5f + x;
     if constexpr (NRW > 2) c[i] = c[i] * 0.5f + x;
-    p[i] = BFloat16{uint16_t(ft_float_bits(a[i]) >> 16)};
+    p[i] = BFloat16{uint16_t(ft_as_uint(a[i]) >> 16)};
   }
 }
 

@@ -10,6 +10,8 @@
 #endif
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 namespace fusedtrain {
 
@@ -23,6 +25,29 @@ FT_HD float ft_tanh(float x) { return tanhf(x); }
 FT_HD double ft_tanh(double x) { return tanh(x); }
 FT_HD float ft_erf(float x) { return erff(x); }
 FT_HD double ft_erf(double x) { return erf(x); }
+
+// Bit casts (memcpy compiles to a register move on the host and is allowed in
+// device code).
+FT_HD uint32_t ft_as_uint(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  return u;
+}
+FT_HD uint64_t ft_as_uint(double x) {
+  uint64_t u;
+  memcpy(&u, &x, sizeof u);
+  return u;
+}
+FT_HD float ft_as_float(uint32_t u) {
+  float x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
+FT_HD double ft_as_double(uint64_t u) {
+  double x;
+  memcpy(&x, &u, sizeof x);
+  return x;
+}
 
 // sign(x): -1, +1, or x itself for zeros and NaN (as numpy.sign).
 template <typename T>

@@ -36,29 +36,6 @@ namespace fusedtrain {
 // ---------------------------------------------------------------------------
 // device-safe helpers
 // ---------------------------------------------------------------------------
-// Bit casts (memcpy compiles to a register move on the host and is allowed in
-// device code).
-FT_HD uint32_t ft_as_uint(float x) {
-  uint32_t u;
-  memcpy(&u, &x, sizeof u);
-  return u;
-}
-FT_HD uint64_t ft_as_uint(double x) {
-  uint64_t u;
-  memcpy(&u, &x, sizeof u);
-  return u;
-}
-FT_HD float ft_as_float(uint32_t u) {
-  float x;
-  memcpy(&x, &u, sizeof x);
-  return x;
-}
-FT_HD double ft_as_double(uint64_t u) {
-  double x;
-  memcpy(&x, &u, sizeof x);
-  return x;
-}
-
 // int32 clamp (integer min/max: no branch)
 FT_HD int32_t ft_clamp_i32(int32_t v, int32_t lo, int32_t hi) {
   v = v < lo ? lo : v;

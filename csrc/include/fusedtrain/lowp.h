@@ -18,7 +18,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "fusedtrain/hd.h"
 
@@ -33,26 +32,6 @@ struct BFloat16 {
   uint16_t bits;
 };
 
-FT_HD uint32_t ft_float_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-#endif
-}
-
-FT_HD float ft_bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-#endif
-}
-
 // c ? a : b with masks: GCC keeps some selects of integers as branches, which
 // stops a loop from vectorising.
 FT_HD uint32_t select_bits(bool c, uint32_t a, uint32_t b) {
@@ -63,7 +42,7 @@ FT_HD uint32_t select_bits(bool c, uint32_t a, uint32_t b) {
 // ---------------------------------------------------------------------------
 // bfloat16: the top 16 bits of a float32
 // ---------------------------------------------------------------------------
-FT_HD float bf16_to_float(BFloat16 h) { return ft_bits_float(uint32_t(h.bits) << 16); }
+FT_HD float bf16_to_float(BFloat16 h) { return ft_as_float(uint32_t(h.bits) << 16); }
 
 // NaN -> the canonical quiet NaN with its sign; else `rounded`. Written with
 // masks (no select) so that it vectorises inside any loop body.
@@ -73,7 +52,7 @@ FT_HD uint16_t bf16_or_nan(uint32_t u, uint32_t rounded) {
 }
 
 FT_HD BFloat16 float_to_bf16(float f) {
-  const uint32_t u = ft_float_bits(f);
+  const uint32_t u = ft_as_uint(f);
   // adding 0x7FFF plus the lowest kept bit rounds half to even; a carry
   // moves into the exponent (up to inf) as it should
   return BFloat16{bf16_or_nan(u, (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
@@ -81,7 +60,7 @@ FT_HD BFloat16 float_to_bf16(float f) {
 
 // r: 32 random bits (the low 16 are used).
 FT_HD BFloat16 float_to_bf16_sr(float f, uint32_t r) {
-  const uint32_t u = ft_float_bits(f);
+  const uint32_t u = ft_as_uint(f);
   return BFloat16{bf16_or_nan(u, (u + (r & 0xFFFFu)) >> 16)};
 }
 
@@ -96,7 +75,7 @@ FT_HD float half_to_float(Half h) {
   const float sub = float(int(man)) * 5.9604644775390625e-08f;
   const uint32_t wide = select_bits(exp == 31, 0x7F800000u | (man << 13),
                                     ((exp + 112u) << 23) | (man << 13));
-  return ft_bits_float(sign | select_bits(exp == 0, ft_float_bits(sub), wide));
+  return ft_as_float(sign | select_bits(exp == 0, ft_as_uint(sub), wide));
 }
 
 namespace lowp_detail {
@@ -118,7 +97,7 @@ FT_HD uint32_t half_nan(uint32_t a) {
 // vectorise; the variable shifts are per-lane shifts.
 FT_HD Half float_to_half(float f) {
   using namespace lowp_detail;
-  const uint32_t u = ft_float_bits(f);
+  const uint32_t u = ft_as_uint(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t a = u & 0x7FFFFFFFu;
   // normal range [2^-14, 2^16): drop 13 mantissa bits, round half to even; a
@@ -148,7 +127,7 @@ FT_HD Half float_to_half(float f) {
 // r: 32 random bits.
 FT_HD Half float_to_half_sr(float f, uint32_t r) {
   using namespace lowp_detail;
-  const uint32_t u = ft_float_bits(f);
+  const uint32_t u = ft_as_uint(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t a = u & 0x7FFFFFFFu;
   uint32_t h;
