@@ -51,6 +51,7 @@ except ImportError as exc:  # torch is an optional extra
 
 from . import _validate as V
 from . import ops as _ops
+from . import optim as _optim
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm_", "clip_grad_value_"]
 
@@ -342,8 +343,7 @@ class SGD(_FusedOptimizer):
                      group.get("nesterov", False), _scalar(group["weight_decay"]), 0.0,
                      group.get("maximize", False))
 
-    def _state_names(self, h):
-        return ("momentum_buffer",) if h["momentum"] != 0 else ()
+    _state_names = staticmethod(_optim.SGD._state_names)
 
     def _new_state(self, p, h):
         return {n: _torch.zeros_like(p, memory_format=_torch.contiguous_format)
@@ -389,9 +389,7 @@ class Adam(_FusedOptimizer):
         h["decoupled"] = V.flag("decoupled_weight_decay", group.get("decoupled_weight_decay", False))
         return h
 
-    def _state_names(self, h):
-        names = ("exp_avg", "exp_avg_sq")
-        return names + ("max_exp_avg_sq",) if h["amsgrad"] else names
+    _state_names = staticmethod(_optim.Adam._state_names)
 
     def _call(self, h, params, grads, buffers, step):
         fn = _ops.adamw_ if h["decoupled"] else _ops.adam_
@@ -442,13 +440,7 @@ class RMSprop(_FusedOptimizer):
                          _scalar(group["weight_decay"]), group["momentum"],
                          group.get("centered", False), 0.0, group.get("maximize", False))
 
-    def _state_names(self, h):
-        names = ("square_avg",)
-        if h["momentum"] > 0:
-            names += ("momentum_buffer",)
-        if h["centered"]:
-            names += ("grad_avg",)
-        return names
+    _state_names = staticmethod(_optim.RMSProp._state_names)
 
     def _call(self, h, params, grads, buffers, step):
         _ops.rmsprop_(params, grads, buffers["square_avg"], buffers.get("grad_avg"),
@@ -488,8 +480,7 @@ class Adagrad(_FusedOptimizer):
             "initial_accumulator_value", group.get("initial_accumulator_value", 0.0))
         return h
 
-    def _state_names(self, h):
-        return ("sum",)
+    _state_names = staticmethod(_optim.Adagrad._state_names)
 
     def _initial_value(self, name, h):
         return h["initial_accumulator_value"]

@@ -21,7 +21,8 @@ class Adagrad(Optimizer):
         V.adagrad(h["lr"], h["lr_decay"], h["weight_decay"], h["eps"], h["l1"], h["maximize"])
         V.at_least("initial_accumulator_value", h["initial_accumulator_value"])
 
-    def _state_names(self, group):
+    @staticmethod
+    def _state_names(group):  # also fusedtrain.torch's
         return ("sum",)
 
     def _initial_value(self, name, group):

@@ -21,7 +21,8 @@ class Adam(Optimizer):
     def _check(self, h):
         V.adam(h["lr"], h["betas"], h["eps"], h["weight_decay"], h["l1"], h["amsgrad"], h["maximize"])
 
-    def _state_names(self, group):
+    @staticmethod
+    def _state_names(group):  # also fusedtrain.torch's
         base = ("exp_avg", "exp_avg_sq")
         return base + ("max_exp_avg_sq",) if group["amsgrad"] else base
 

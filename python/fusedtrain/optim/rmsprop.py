@@ -21,7 +21,8 @@ class RMSProp(Optimizer):
         V.rmsprop(h["lr"], h["alpha"], h["eps"], h["weight_decay"], h["momentum"], h["centered"],
                   h["l1"], h["maximize"])
 
-    def _state_names(self, group):
+    @staticmethod
+    def _state_names(group):  # also fusedtrain.torch's
         names = ("square_avg",)
         if group["momentum"] > 0:
             names += ("momentum_buffer",)

@@ -21,7 +21,8 @@ class SGD(Optimizer):
         V.sgd(h["lr"], h["momentum"], h["dampening"], h["nesterov"], h["weight_decay"], h["l1"],
               h["maximize"])
 
-    def _state_names(self, group):
+    @staticmethod
+    def _state_names(group):  # also fusedtrain.torch's
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
     def _step_group(self, group, params, grads, buffers, step, dry_run=False, **extra):
