@@ -20,7 +20,7 @@ def test_build_info_keys_and_types():
     info = fusedtrain.build_info()
     expected = {"version": str, "simd": str, "num_threads": int, "flush_denormal": bool,
                 "openmp": int, "compiler": str,
-                "blas": str, "blas_threads": int,
+                "blas": str, "blas_threads": int, "narrow_bf16": str, "narrow_half": str,
                 "cuda_built": bool, "cuda_blas_built": bool, "cuda_available": bool,
                 "cuda_status": dict}
     assert set(info) == set(expected)
@@ -33,6 +33,8 @@ def test_build_info_keys_and_types():
     assert info["compiler"]
     assert "OpenBLAS" in info["blas"]
     assert info["blas_threads"] == 1  # serial GEMMs inside fusedtrain's own threads
+    assert info["narrow_bf16"] in {"avx512bf16", "portable"}
+    assert info["narrow_half"] in {"avx512f", "f16c", "portable"}
     assert info["cuda_available"] == fusedtrain.cuda_available()
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fusedtrain
-from fusedtrain import ops, optim, reference
+from fusedtrain import _core, ops, optim, reference
 from conftest import (SPEC, SPECS, assert_state_dict_equal, assert_unchanged, copy_states,
                       hyper_id, kernel_step, make_rng, make_states, random_list, reference_step,
                       snapshot)
@@ -160,6 +160,45 @@ def test_round_to_nearest_even_random_bit_patterns(dtype):
     # NaN stays NaN with its sign (the step's arithmetic may quiet a signalling NaN first)
     assert np.isnan(got[nan].astype(np.float32)).all()
     assert np.array_equal(np.signbit(got[nan].astype(np.float32)), np.signbit(x[nan]))
+
+
+@pytest.mark.parametrize("dtype", NARROW, ids=narrow_id)
+@pytest.mark.parametrize("offset", [0, 5, 31])
+def test_round_to_nearest_even_chosen_values_inside_long_arrays(dtype, offset):
+    """Long arrays go through the CPU's conversion instructions block by block
+    (16 or 32 elements), and a block holding a NaN or a subnormal through the
+    portable conversion: each chosen value sits alone in a block of ordinary
+    numbers, at a different lane each time, and the array starts `offset`
+    elements into a block."""
+    cases = F16_CASES if dtype == F16 else BF16_CASES
+    values = np.array([v for vs in cases.values() for v in vs], np.float32)
+    rng = make_rng("rne-blocks", narrow_id(dtype), offset)
+    x = rng.standard_normal(offset + 64 * len(values)).astype(np.float32)
+    for j, v in enumerate(values):
+        x[offset + 64 * j + (7 * j) % 64] = v
+    got = round_through_kernel(x, dtype)
+    with np.errstate(all="ignore"):
+        want = x.astype(dtype)
+    assert np.array_equal(got.view(np.uint16), want.view(np.uint16))
+
+
+@pytest.mark.parametrize("dtype,stride", [("bfloat16", 3), ("float16", 13)])
+def test_conversion_instructions_agree_on_every_bit_pattern(dtype, stride):
+    """Every rounding path this CPU can run (AVX512-BF16, AVX-512 / F16C
+    vcvtps2ph with their fix-up blocks, the portable loop) gives the portable
+    conversion's bits on every stride-th float32 bit pattern, in blocks
+    starting at every alignment."""
+    info = fusedtrain.build_info()
+    assert info["narrow_bf16"] in ("avx512bf16", "portable")
+    assert info["narrow_half"] in ("avx512f", "f16c", "portable")
+    assert _core._narrow_selfcheck(dtype, stride) == 0
+
+
+def test_narrow_selfcheck_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="dtype"):
+        _core._narrow_selfcheck("float32", 1)
+    with pytest.raises(ValueError, match="stride"):
+        _core._narrow_selfcheck("float16", 0)
 
 
 @pytest.mark.parametrize("dtype", NARROW, ids=narrow_id)

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cpu/blas.h"
+#include "cpu/lowp_cpu.h"
 #include "cpu/optim_cpu.h"
 #include "cpu/parallel.h"
 
@@ -48,8 +49,26 @@ PYBIND11_MODULE(_core, m) {
     d["compiler"] = FT_CXX_COMPILER;
     d["blas"] = std::string(scipy_openblas_get_config());
     d["blas_threads"] = scipy_openblas_get_num_threads();
+    d["narrow_bf16"] = fusedtrain::cpu::narrow_path_bf16();
+    d["narrow_half"] = fusedtrain::cpu::narrow_path_half();
     return d;
   });
+
+  m.def(
+      "_narrow_selfcheck",
+      [](const std::string& dtype, int64_t stride) {
+        if (dtype != "bfloat16" && dtype != "float16")
+          throw py::value_error("dtype: expected 'bfloat16' or 'float16', received '" + dtype +
+                                "'");
+        if (stride < 1)
+          throw py::value_error("stride: expected >= 1, received " + std::to_string(stride));
+        py::gil_scoped_release release;
+        return fusedtrain::cpu::narrow_selfcheck(dtype == "bfloat16", stride);
+      },
+      py::arg("dtype"), py::arg("stride") = 1,
+      "Number of float32 bit patterns (every stride-th of the 2^32) that the "
+      "float16/bfloat16 rounding paths this CPU can run convert otherwise than "
+      "the portable conversion (0 when they all agree).");
 
   fusedtrain::bind::bind_optim(m);
   fusedtrain::bind::bind_chunks(m);

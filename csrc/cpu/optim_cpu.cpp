@@ -8,6 +8,7 @@
 #include <atomic>
 #include <type_traits>
 
+#include "cpu/lowp_cpu.h"
 #include "cpu/simd.h"
 
 namespace fusedtrain::cpu {
@@ -80,9 +81,11 @@ FT_CLONES void widen_range(const S* __restrict x, float* __restrict out, int64_t
   for (int64_t i = 0; i < n; ++i) out[i] = widen(x[i]);
 }
 
+// float16 / bfloat16 to nearest even: the conversion instructions where the
+// CPU has them (lowp_cpu.h), the same bits as narrow()
 template <typename S>
-FT_CLONES void narrow_range(S* __restrict out, const float* __restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) narrow(out[i], x[i]);
+void narrow_range(S* out, const float* x, int64_t n) {
+  narrow_nearest(out, x, n);
 }
 
 // One Philox block per four elements (rc.bits(i) would compute each block
