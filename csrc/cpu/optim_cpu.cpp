@@ -72,9 +72,14 @@ FT_CLONES void adagrad_range(typename L::param_t* __restrict p,
 // functions' exactly (the CUDA kernels call those).
 // ---------------------------------------------------------------------------
 constexpr int64_t kTile = 512;
-// float32 params (the master) and states with the narrow gradient G
-template <typename G>
-using TileLayout = Layout<float, float, Rounding::Nearest, G>;
+// The gradient as the float32 loop reads it: a bfloat16 gradient as it is (a
+// shift widens it, in the loop), a float16 one from a float32 tile (its
+// widening has selects that keep GCC from vectorising the whole step).
+template <typename P>
+using TileGrad = std::conditional_t<std::is_same_v<P, Half>, float, P>;
+// float32 params (the master) and states with the gradient of narrow params P
+template <typename P>
+using TileLayout = Layout<float, float, Rounding::Nearest, TileGrad<P>>;
 
 template <typename S>
 FT_CLONES void widen_range(const S* __restrict x, float* __restrict out, int64_t n) {
@@ -128,14 +133,20 @@ template <class L, class Plain>
 void mixed_tiles(typename L::param_t* p, const typename L::param_t* g, float* master,
                  typename L::state_t* s0, typename L::state_t* s1, typename L::state_t* s2,
                  int64_t n, const RoundCtx& rc, Plain&& plain) {
-  alignas(64) float t0[kTile], t1[kTile], t2[kTile];
+  using P = typename L::param_t;
+  alignas(64) float t0[kTile], t1[kTile], t2[kTile], tg[kTile];
   for (int64_t b = 0; b < n; b += kTile) {
     const int64_t len = std::min(kTile, n - b);
     auto at = [&](typename L::state_t* x) { return x == nullptr ? nullptr : x + b; };
     float* w0 = widened(at(s0), t0, len);
     float* w1 = widened(at(s1), t1, len);
     float* w2 = widened(at(s2), t2, len);
-    plain(master + b, g + b, w0, w1, w2, len);
+    if constexpr (std::is_same_v<TileGrad<P>, float>) {
+      widen_range(g + b, tg, len);
+      plain(master + b, static_cast<const float*>(tg), w0, w1, w2, len);
+    } else {
+      plain(master + b, g + b, w0, w1, w2, len);
+    }
     narrowed(at(s0), w0, len);
     narrowed(at(s1), w1, len);
     narrowed(at(s2), w2, len);
