@@ -128,7 +128,6 @@ int64_t ce_prepare_labels(const LabelView& lv, int64_t n, int64_t c, int64_t ig,
 
 // Row helpers, inlined into each SIMD clone of the loops below. Each is one
 // plain loop that GCC vectorises; sums go to 16 fixed double lanes.
-#define FT_INLINE inline __attribute__((always_inline))
 
 // Row max. The order of a max does not change it (a NaN need not win here:
 // it reaches the sum of exponentials), so the compiler may reorder it.
@@ -422,11 +421,7 @@ FT_CLONES_FMA void dropout_range(const T* __restrict x, T* __restrict y, uint8_t
   uint32_t words[kDropChunk];
   for (int64_t lo = i0; lo < i1; lo += kDropChunk) {
     const int64_t len = std::min(kDropChunk, i1 - lo);
-    const int64_t j0 = lo / 4, nb = (len + 3) / 4;
-    for (int64_t jj = 0; jj < nb; ++jj) {
-      const Philox4 r = dropout_block(uint64_t(j0 + jj), seed, offset);
-      for (int k = 0; k < 4; ++k) words[4 * jj + k] = r.v[k];
-    }
+    philox_words(words, uint64_t(lo / 4), (len + 3) / 4, seed, offset);
     for (int64_t i = 0; i < len; ++i) {
       const bool keep = words[i] >= threshold;
       mask[lo + i] = uint8_t(keep);

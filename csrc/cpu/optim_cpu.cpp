@@ -93,17 +93,17 @@ void narrow_range(S* out, const float* x, int64_t n) {
   narrow_nearest(out, x, n);
 }
 
-// One Philox block per four elements (rc.bits(i) would compute each block
-// four times); element i takes word (rc.base + i) % 4 of block (rc.base + i) / 4.
+// Element i takes word (rc.base + i) % 4 of Philox block (rc.base + i) / 4:
+// the blocks covering the piece first (vectorised across blocks), then the
+// rounding. n <= kTile.
 template <typename P>
 FT_CLONES void narrow_sr_range(P* __restrict out, const float* __restrict x, int64_t n,
                                const RoundCtx rc) {
-  int64_t i = 0;
-  while (i < n) {
-    const uint64_t e = uint64_t(rc.base + i);
-    const Philox4 r = dropout_block(e >> 2, rc.seed, rc.offset);
-    for (uint64_t w = e & 3u; w < 4 && i < n; ++w, ++i) narrow_sr(out[i], x[i], r.v[w]);
-  }
+  uint32_t words[kTile + 4];
+  const uint64_t e0 = uint64_t(rc.base);
+  const int64_t skip = int64_t(e0 & 3u);
+  philox_words(words, e0 >> 2, (skip + n + 3) / 4, rc.seed, rc.offset);
+  for (int64_t i = 0; i < n; ++i) narrow_sr(out[i], x[i], words[skip + i]);
 }
 
 // A float32 view of n elements of a state buffer: the buffer itself when it
