@@ -21,6 +21,7 @@ def test_build_info_keys_and_types():
     expected = {"version": str, "simd": str, "num_threads": int, "flush_denormal": bool,
                 "openmp": int, "compiler": str,
                 "blas": str, "blas_threads": int, "narrow_bf16": str, "narrow_half": str,
+                "widen_half": str,
                 "cuda_built": bool, "cuda_blas_built": bool, "cuda_available": bool,
                 "cuda_status": dict}
     assert set(info) == set(expected)
@@ -35,6 +36,7 @@ def test_build_info_keys_and_types():
     assert info["blas_threads"] == 1  # serial GEMMs inside fusedtrain's own threads
     assert info["narrow_bf16"] in {"avx512bf16", "portable"}
     assert info["narrow_half"] in {"avx512f", "f16c", "portable"}
+    assert info["widen_half"] in {"f16c", "portable"}
     assert info["cuda_available"] == fusedtrain.cuda_available()
 
 

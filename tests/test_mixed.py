@@ -187,18 +187,20 @@ def test_conversion_instructions_agree_on_every_bit_pattern(dtype, stride):
     """Every rounding path this CPU can run (AVX512-BF16, AVX-512 / F16C
     vcvtps2ph with their fix-up blocks, the portable loop) gives the portable
     conversion's bits on every stride-th float32 bit pattern, in blocks
-    starting at every alignment."""
+    starting at every alignment; for float16, every widening path (F16C
+    vcvtph2ps) too, on all 65,536 patterns."""
     info = fusedtrain.build_info()
     assert info["narrow_bf16"] in ("avx512bf16", "portable")
     assert info["narrow_half"] in ("avx512f", "f16c", "portable")
-    assert _core._narrow_selfcheck(dtype, stride) == 0
+    assert info["widen_half"] in ("f16c", "portable")
+    assert _core._lowp_selfcheck(dtype, stride) == 0
 
 
-def test_narrow_selfcheck_rejects_bad_arguments():
+def test_lowp_selfcheck_rejects_bad_arguments():
     with pytest.raises(ValueError, match="dtype"):
-        _core._narrow_selfcheck("float32", 1)
+        _core._lowp_selfcheck("float32", 1)
     with pytest.raises(ValueError, match="stride"):
-        _core._narrow_selfcheck("float16", 0)
+        _core._lowp_selfcheck("float16", 0)
 
 
 @pytest.mark.parametrize("dtype", NARROW, ids=narrow_id)

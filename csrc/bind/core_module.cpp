@@ -51,11 +51,12 @@ PYBIND11_MODULE(_core, m) {
     d["blas_threads"] = scipy_openblas_get_num_threads();
     d["narrow_bf16"] = fusedtrain::cpu::narrow_path_bf16();
     d["narrow_half"] = fusedtrain::cpu::narrow_path_half();
+    d["widen_half"] = fusedtrain::cpu::widen_path_half();
     return d;
   });
 
   m.def(
-      "_narrow_selfcheck",
+      "_lowp_selfcheck",
       [](const std::string& dtype, int64_t stride) {
         if (dtype != "bfloat16" && dtype != "float16")
           throw py::value_error("dtype: expected 'bfloat16' or 'float16', received '" + dtype +
@@ -63,12 +64,15 @@ PYBIND11_MODULE(_core, m) {
         if (stride < 1)
           throw py::value_error("stride: expected >= 1, received " + std::to_string(stride));
         py::gil_scoped_release release;
-        return fusedtrain::cpu::narrow_selfcheck(dtype == "bfloat16", stride);
+        const bool bf16 = dtype == "bfloat16";
+        return fusedtrain::cpu::narrow_selfcheck(bf16, stride) +
+               (bf16 ? 0 : fusedtrain::cpu::widen_selfcheck());
       },
       py::arg("dtype"), py::arg("stride") = 1,
       "Number of float32 bit patterns (every stride-th of the 2^32) that the "
       "float16/bfloat16 rounding paths this CPU can run convert otherwise than "
-      "the portable conversion (0 when they all agree).");
+      "the portable conversion, plus (float16) the float16 bit patterns its "
+      "widening paths widen otherwise (0 when they all agree).");
 
   fusedtrain::bind::bind_optim(m);
   fusedtrain::bind::bind_chunks(m);

@@ -25,13 +25,18 @@ FT_CLONES void narrow_portable(S* __restrict out, const float* __restrict x, int
   for (int64_t i = 0; i < n; ++i) narrow(out[i], x[i]);
 }
 
-template <typename S>
-using NarrowFn = void (*)(S*, const float*, int64_t);
+FT_CLONES void widen_portable(float* __restrict out, const Half* __restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = widen(x[i]);
+}
 
 template <typename S>
+using NarrowFn = void (*)(S*, const float*, int64_t);
+using WidenFn = void (*)(float*, const Half*, int64_t);
+
+template <typename Fn>
 struct Path {
   const char* name;
-  NarrowFn<S> fn;
+  Fn fn;
 };
 
 // lowp.h element by element over [i, i + len): a block with an input the
@@ -122,11 +127,36 @@ __attribute__((target("avx2,f16c"))) void narrow_half_f16c(Half* out, const floa
   }
   narrow_block(out + i, x + i, n - i);
 }
+// float16 -> float32 with F16C, 16 elements a block (two of 8): vcvtph2ps
+// unless the block holds a NaN (|h| above 0x7C00) or a nonzero subnormal
+// (|h| below 0x0400), which lowp.h widens. |h| fits int16, so signed
+// compares order it.
+__attribute__((target("avx2,f16c"))) void widen_half_f16c(float* out, const Half* x, int64_t n) {
+  const __m256i abs_mask = _mm256_set1_epi16(0x7FFF);
+  const __m256i inf = _mm256_set1_epi16(0x7C00);
+  const __m256i zero = _mm256_setzero_si256();
+  const __m256i normal_min = _mm256_set1_epi16(0x0400);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i));
+    const __m256i a = _mm256_and_si256(h, abs_mask);
+    const __m256i tiny = _mm256_and_si256(_mm256_cmpgt_epi16(a, zero),
+                                          _mm256_cmpgt_epi16(normal_min, a));
+    const __m256i special = _mm256_or_si256(_mm256_cmpgt_epi16(a, inf), tiny);
+    if (_mm256_testz_si256(special, special)) {
+      _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm256_castsi256_si128(h)));
+      _mm256_storeu_ps(out + i + 8, _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)));
+    } else {
+      for (int64_t j = i; j < i + 16; ++j) out[j] = widen(x[j]);
+    }
+  }
+  for (; i < n; ++i) out[i] = widen(x[i]);
+}
 #endif  // FT_X86_CONVERT
 
 // Every path this CPU can run, the fastest first; the portable loop last.
-std::vector<Path<BFloat16>> bf16_paths() {
-  std::vector<Path<BFloat16>> v;
+std::vector<Path<NarrowFn<BFloat16>>> bf16_paths() {
+  std::vector<Path<NarrowFn<BFloat16>>> v;
 #ifdef FT_X86_CONVERT
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw"))
@@ -136,8 +166,8 @@ std::vector<Path<BFloat16>> bf16_paths() {
   return v;
 }
 
-std::vector<Path<Half>> half_paths() {
-  std::vector<Path<Half>> v;
+std::vector<Path<NarrowFn<Half>>> half_paths() {
+  std::vector<Path<NarrowFn<Half>>> v;
 #ifdef FT_X86_CONVERT
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) v.push_back({"avx512f", narrow_half_avx512});
@@ -148,13 +178,29 @@ std::vector<Path<Half>> half_paths() {
   return v;
 }
 
-const Path<BFloat16>& bf16_path() {
-  static const Path<BFloat16> p = bf16_paths().front();
+std::vector<Path<WidenFn>> widen_paths() {
+  std::vector<Path<WidenFn>> v;
+#ifdef FT_X86_CONVERT
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c"))
+    v.push_back({"f16c", widen_half_f16c});
+#endif
+  v.push_back({"portable", widen_portable});
+  return v;
+}
+
+const Path<WidenFn>& widen_path() {
+  static const Path<WidenFn> p = widen_paths().front();
   return p;
 }
 
-const Path<Half>& half_path() {
-  static const Path<Half> p = half_paths().front();
+const Path<NarrowFn<BFloat16>>& bf16_path() {
+  static const Path<NarrowFn<BFloat16>> p = bf16_paths().front();
+  return p;
+}
+
+const Path<NarrowFn<Half>>& half_path() {
+  static const Path<NarrowFn<Half>> p = half_paths().front();
   return p;
 }
 
@@ -162,7 +208,7 @@ const Path<Half>& half_path() {
 // first 37 elements, then the rest) so that blocks start at every alignment
 // and the tails run too.
 template <typename S>
-int64_t selfcheck(const std::vector<Path<S>>& paths, int64_t stride) {
+int64_t selfcheck(const std::vector<Path<NarrowFn<S>>>& paths, int64_t stride) {
   constexpr int64_t kChunk = 1 << 16;
   constexpr int64_t kSplit = 37;
   const int64_t count = ((int64_t(1) << 32) + stride - 1) / stride;
@@ -178,7 +224,7 @@ int64_t selfcheck(const std::vector<Path<S>>& paths, int64_t stride) {
       const int64_t len = std::min(kChunk, count - first);
       for (int64_t j = 0; j < len; ++j) x[j] = ft_as_float(uint32_t((first + j) * stride));
       for (int64_t j = 0; j < len; ++j) narrow(want[j], x[j]);
-      for (const Path<S>& p : paths) {
+      for (const Path<NarrowFn<S>>& p : paths) {
         const int64_t head = std::min(kSplit, len);
         p.fn(got.data(), x.data(), head);
         p.fn(got.data() + head, x.data() + head, len - head);
@@ -194,11 +240,32 @@ int64_t selfcheck(const std::vector<Path<S>>& paths, int64_t stride) {
 void narrow_nearest(BFloat16* out, const float* x, int64_t n) { bf16_path().fn(out, x, n); }
 void narrow_nearest(Half* out, const float* x, int64_t n) { half_path().fn(out, x, n); }
 
+void widen_exact(float* out, const Half* x, int64_t n) { widen_path().fn(out, x, n); }
+
 const char* narrow_path_bf16() { return bf16_path().name; }
 const char* narrow_path_half() { return half_path().name; }
+const char* widen_path_half() { return widen_path().name; }
 
 int64_t narrow_selfcheck(bool bf16, int64_t stride) {
   return bf16 ? selfcheck(bf16_paths(), stride) : selfcheck(half_paths(), stride);
+}
+
+int64_t widen_selfcheck() {
+  // every pattern, from several starting points (blocks at every alignment)
+  std::vector<Half> x(65536 + 16);
+  for (size_t j = 0; j < x.size(); ++j) x[j] = Half{uint16_t(j)};
+  std::vector<float> want(x.size()), got(x.size());
+  for (size_t j = 0; j < x.size(); ++j) want[j] = widen(x[j]);
+  int64_t bad = 0;
+  for (const Path<WidenFn>& p : widen_paths()) {
+    for (int64_t start : {0, 3, 8}) {
+      const int64_t len = int64_t(x.size()) - start;
+      p.fn(got.data() + start, x.data() + start, len);
+      for (int64_t j = start; j < start + len; ++j)
+        bad += ft_as_uint(got[j]) != ft_as_uint(want[j]);
+    }
+  }
+  return bad;
 }
 
 }  // namespace fusedtrain::cpu

@@ -23,13 +23,22 @@ namespace fusedtrain::cpu {
 void narrow_nearest(BFloat16* out, const float* x, int64_t n);
 void narrow_nearest(Half* out, const float* x, int64_t n);
 
+// out[i] = x[i] widened exactly (half_to_float), i < n: F16C's vcvtph2ps,
+// blocks holding a NaN (quietened there, payload kept here) or a subnormal
+// through lowp.h
+void widen_exact(float* out, const Half* x, int64_t n);
+
 // Which code narrow_nearest runs on this CPU, per type: "avx512bf16",
 // "avx512f", "f16c" or "portable" (lowp.h in a vectorised loop).
 const char* narrow_path_bf16();
 const char* narrow_path_half();
+const char* widen_path_half();
 
 // Checks narrow_nearest against lowp.h on the 2^32 float32 bit patterns
 // (stride 1) or on every stride-th one; returns the number that differ.
 int64_t narrow_selfcheck(bool bf16, int64_t stride);
+
+// Checks widen_exact against lowp.h on the 65,536 float16 bit patterns.
+int64_t widen_selfcheck();
 
 }  // namespace fusedtrain::cpu

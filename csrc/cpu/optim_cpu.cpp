@@ -142,7 +142,7 @@ void mixed_tiles(typename L::param_t* p, const typename L::param_t* g, float* ma
     float* w1 = widened(at(s1), t1, len);
     float* w2 = widened(at(s2), t2, len);
     if constexpr (std::is_same_v<TileGrad<P>, float>) {
-      widen_range(g + b, tg, len);
+      widen_exact(tg, g + b, len);
       plain(master + b, static_cast<const float*>(tg), w0, w1, w2, len);
     } else {
       plain(master + b, g + b, w0, w1, w2, len);
