@@ -13,6 +13,8 @@ Adam over bfloat16 params with float32 master weights and float32 states
 * ``fp32 null``     ``_core.null_step_`` with float32 Adam's traffic
 * ``bf16-state Adam`` bfloat16 params, float32 master, bfloat16 states (20 bytes
                     per element)
+* ``fp16 mixed Adam`` float16 params and grads, float32 master and states (28
+                    bytes per element, as bfloat16 mixed Adam)
 * ``DeepSpeedCPUAdam`` (when deepspeed and its cpu_adam extension load): float32
                     params and states, as ZeRO-Offload steps them on the CPU
 * ``DeepSpeedCPUAdam bf16`` its bfloat16 mode: bfloat16 params and grads,
@@ -55,10 +57,11 @@ MIXED_NULL = "mixed null"
 F32 = "fp32 Adam"
 F32_NULL = "fp32 null"
 BF16_STATES = "bf16-state Adam"
+F16_MIXED = "fp16 mixed Adam"
 DEEPSPEED = "DeepSpeedCPUAdam"
 DEEPSPEED_BF16 = "DeepSpeedCPUAdam bf16"
-BYTES = {MIXED: 28, MIXED_NULL: 28, F32: 28, F32_NULL: 28, BF16_STATES: 20, DEEPSPEED: 28,
-         DEEPSPEED_BF16: 22}
+BYTES = {MIXED: 28, MIXED_NULL: 28, F32: 28, F32_NULL: 28, BF16_STATES: 20, F16_MIXED: 28,
+         DEEPSPEED: 28, DEEPSPEED_BF16: 22}
 
 SIZES = {"1M": 1 << 20, "16M": 16 << 20, "64M": 64 << 20}
 
@@ -80,9 +83,16 @@ class Problem:
         self.master, self.grad32, self.m, self.v = _data(n)
         self.param16 = self.master.astype(BF16)
         self.grad16 = self.grad32.astype(BF16)
+        self.param_h = self.master.astype(np.float16)
+        self.grad_h = self.grad32.astype(np.float16)
 
-    def mixed(self, state_dtype=np.float32):
-        st = dict(p=self.param16.copy(), g=self.grad16, master=self.master.copy(),
+    def narrow(self, dtype):
+        """(params, grads) in the narrow dtype: bfloat16 or float16."""
+        return (self.param16, self.grad16) if dtype == BF16 else (self.param_h, self.grad_h)
+
+    def mixed(self, state_dtype=np.float32, dtype=BF16):
+        p, g = self.narrow(dtype)
+        st = dict(p=p.copy(), g=g, master=self.master.copy(),
                   m=self.m.astype(state_dtype), v=self.v.astype(state_dtype))
 
         def step():
@@ -140,10 +150,11 @@ class Problem:
 # ---------------------------------------------------------------------------
 # validation: one step from identical inputs against the references
 # ---------------------------------------------------------------------------
-def expected_mixed(pb: Problem, state_dtype=np.float32) -> dict:
-    p, master = pb.param16.copy(), pb.master.copy()
+def expected_mixed(pb: Problem, state_dtype=np.float32, dtype=BF16) -> dict:
+    p, g = pb.narrow(dtype)
+    p, master = p.copy(), pb.master.copy()
     m, v = pb.m.astype(state_dtype), pb.v.astype(state_dtype)
-    reference.mixed(reference.adam, p, pb.grad16, master, m, v, step=STEP, **HYPER)
+    reference.mixed(reference.adam, p, g, master, m, v, step=STEP, **HYPER)
     return {"params": [p.astype(np.float32)], "master": [master], "exp_avg": [m.astype(np.float32)],
             "exp_avg_sq": [v.astype(np.float32)]}
 
@@ -197,6 +208,8 @@ def competitors(pb: Problem, with_deepspeed: bool) -> dict:
         F32: (*pb.f32(), lambda: expected_f32(pb), 0.0, 0.0),
         F32_NULL: (*pb.f32_null(), lambda: expected_f32_null(pb), 0.0, 0.0),
         BF16_STATES: (*pb.mixed(BF16), lambda: expected_mixed(pb, BF16), 0.0, 0.0),
+        F16_MIXED: (*pb.mixed(dtype=np.float16),
+                    lambda: expected_mixed(pb, dtype=np.float16), 0.0, 0.0),
     }
     if with_deepspeed:
         step, st = pb.deepspeed()
@@ -247,9 +260,10 @@ def render(payload: dict) -> str:
              f"{payload['config']['deepspeed']}.", "",
              "Median time of one step; GB/s counts each buffer's bytes read and written "
              "(bfloat16 + float32 master Adam: 28 bytes per element; float32 Adam: 28; "
-             "bfloat16 states: 20; DeepSpeed's bfloat16 mode, no master weights: 22). Ratios are paired (median over rounds of the per-round "
+             "bfloat16 states: 20; float16 + float32 master: 28; DeepSpeed's bfloat16 mode, "
+             "no master weights: 22). Ratios are paired (median over rounds of the per-round "
              "time ratio); throughput vs null = null time / Adam time.", ""]
-    names = [MIXED, MIXED_NULL, F32, F32_NULL, BF16_STATES, DEEPSPEED, DEEPSPEED_BF16]
+    names = [MIXED, MIXED_NULL, F32, F32_NULL, BF16_STATES, F16_MIXED, DEEPSPEED, DEEPSPEED_BF16]
     headers = ["size"] + [f"{n} ms" for n in names] + [
         "mixed / mixed null (throughput)", "fp32 / fp32 null (throughput)",
         "mixed time / fp32 time", "mixed GB/s", "mixed null GB/s"]
