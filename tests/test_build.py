@@ -21,7 +21,7 @@ def test_build_info_keys_and_types():
     expected = {"version": str, "simd": str, "num_threads": int, "flush_denormal": bool,
                 "openmp": int, "compiler": str,
                 "blas": str, "blas_threads": int, "narrow_bf16": str, "narrow_half": str,
-                "widen_half": str,
+                "widen_half": str, "philox": str,
                 "cuda_built": bool, "cuda_blas_built": bool, "cuda_available": bool,
                 "cuda_status": dict}
     assert set(info) == set(expected)
@@ -37,6 +37,7 @@ def test_build_info_keys_and_types():
     assert info["narrow_bf16"] in {"avx512bf16", "portable"}
     assert info["narrow_half"] in {"avx512f", "f16c", "portable"}
     assert info["widen_half"] in {"f16c", "portable"}
+    assert info["philox"] in {"avx512f", "portable"}
     assert info["cuda_available"] == fusedtrain.cuda_available()
 
 

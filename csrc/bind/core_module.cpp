@@ -7,6 +7,7 @@
 #include "cpu/blas.h"
 #include "cpu/lowp_cpu.h"
 #include "cpu/optim_cpu.h"
+#include "cpu/philox_cpu.h"
 #include "cpu/parallel.h"
 
 namespace py = pybind11;
@@ -52,6 +53,7 @@ PYBIND11_MODULE(_core, m) {
     d["narrow_bf16"] = fusedtrain::cpu::narrow_path_bf16();
     d["narrow_half"] = fusedtrain::cpu::narrow_path_half();
     d["widen_half"] = fusedtrain::cpu::widen_path_half();
+    d["philox"] = fusedtrain::cpu::philox_path();
     return d;
   });
 
@@ -73,6 +75,12 @@ PYBIND11_MODULE(_core, m) {
       "float16/bfloat16 rounding paths this CPU can run convert otherwise than "
       "the portable conversion, plus (float16) the float16 bit patterns its "
       "widening paths widen otherwise (0 when they all agree).");
+
+  m.def(
+      "_philox_selfcheck", []() { return fusedtrain::cpu::philox_selfcheck(); },
+      "Number of Philox words that the paths this CPU can run give otherwise "
+      "than the portable generator, on runs of blocks at several starts, seeds "
+      "and offsets (0 when they all agree).");
 
   fusedtrain::bind::bind_optim(m);
   fusedtrain::bind::bind_chunks(m);

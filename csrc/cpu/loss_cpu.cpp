@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cpu/parallel.h"
+#include "cpu/philox_cpu.h"
 #include "cpu/simd.h"
 #include "fusedtrain/philox.h"
 

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cpu/lowp_cpu.h"
+#include "cpu/philox_cpu.h"
 #include "cpu/simd.h"
 
 namespace fusedtrain::cpu {

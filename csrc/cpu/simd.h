@@ -14,25 +14,7 @@
 #define FT_CLONES_FMA
 #endif
 
-#include <cstdint>
-
-#include "fusedtrain/philox.h"
 
 // Inlined into each SIMD clone that calls it (a plain call would go to one
 // version compiled for the baseline).
 #define FT_INLINE inline __attribute__((always_inline))
-
-namespace fusedtrain::cpu {
-
-// words[4 * jj + k] = word k of the dropout stream's Philox block j0 + jj
-// (philox.h's dropout_block), jj < nb: one loop over blocks, which GCC
-// vectorises across blocks inside a SIMD clone.
-FT_INLINE void philox_words(uint32_t* __restrict words, uint64_t j0, int64_t nb, uint64_t seed,
-                            uint64_t offset) {
-  for (int64_t jj = 0; jj < nb; ++jj) {
-    const Philox4 r = dropout_block(j0 + uint64_t(jj), seed, offset);
-    for (int k = 0; k < 4; ++k) words[4 * jj + k] = r.v[k];
-  }
-}
-
-}  // namespace fusedtrain::cpu
