@@ -426,10 +426,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 12)
 
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if os.environ.get(var):
-            print(f"warning: {var}={os.environ[var]} is set; it slows OpenBLAS down "
-                  f"(run under env -u {var})", file=sys.stderr)
+    H.warn_openblas_env()
     fusedtrain.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)

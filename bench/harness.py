@@ -45,6 +45,8 @@ __all__ = [
     "write_json",
     "write_text",
     "format_ns",
+    "add_size_args",
+    "warn_openblas_env",
 ]
 
 #: default float32 tolerances of :func:`validate`
@@ -400,3 +402,29 @@ def write_text(path: str | Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text if text.endswith("\n") else text + "\n")
     return path
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+#: set on these machines for old OpenBLAS builds; they force a slower kernel
+OPENBLAS_SLOW_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def warn_openblas_env() -> None:
+    """Warns on stderr for each OpenBLAS variable that slows the GEMMs down."""
+    for var in OPENBLAS_SLOW_VARS:
+        if os.environ.get(var):
+            print(f"warning: {var}={os.environ[var]} is set; it slows OpenBLAS down "
+                  f"(run under env -u {var})", file=sys.stderr)
+
+
+def add_size_args(ap, sizes, *, min_time: float, quick_help: str) -> None:
+    """The options of the array-size benchmarks: --sizes (names of ``sizes``
+    or element counts), --repeats, --min-time, --threads, --quick, --out."""
+    ap.add_argument("--sizes", nargs="+", default=list(sizes))
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--min-time", type=float, default=min_time)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))

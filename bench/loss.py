@@ -216,9 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
 
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if os.environ.get(var):
-            log(f"warning: {var} is set; run under `env -u {var}` for benchmark numbers")
+    H.warn_openblas_env()
     if args.threads:
         fusedtrain.set_num_threads(args.threads)
         if torch is not None:

@@ -34,7 +34,6 @@ and paired ratios (bench/harness.py).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -286,17 +285,10 @@ def render(payload: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--sizes", nargs="+", default=list(SIZES))
-    ap.add_argument("--repeats", type=int, default=21)
-    ap.add_argument("--min-time", type=float, default=2.0)
-    ap.add_argument("--threads", type=int, default=None)
+    H.add_size_args(ap, SIZES, min_time=2.0, quick_help="1M and 16M, few repeats")
     ap.add_argument("--no-deepspeed", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="1M and 16M, few repeats")
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
-    for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
-        if var in os.environ:
-            print(f"warning: {var} is set; run with env -u {var}", file=sys.stderr)
+    H.warn_openblas_env()
     if args.quick:
         args.sizes, args.repeats, args.min_time = ["1M", "16M"], 7, 0.5
     if args.threads:
