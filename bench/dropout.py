@@ -211,11 +211,7 @@ def main(argv=None) -> int:
                           "torch": f"torch {torch.__version__}" if torch is not None
                           else "torch not installed"},
                "results": results}
-    stem = "dropout_quick" if args.quick else "dropout"
-    H.write_json(Path(args.out) / f"{stem}.json", payload)
-    text = render(payload)
-    H.write_text(Path(args.out) / f"{stem}.md", text)
-    print(text)
+    H.write_results(args.out, "dropout", args.quick, payload, render)
     return 0
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "format_ns",
     "add_size_args",
     "warn_openblas_env",
+    "write_results",
 ]
 
 #: default float32 tolerances of :func:`validate`
@@ -428,3 +429,14 @@ def add_size_args(ap, sizes, *, min_time: float, quick_help: str) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+
+
+def write_results(out_dir, stem: str, quick: bool, payload: dict, render) -> str:
+    """Writes ``<stem>[_quick].json`` and the ``.md`` that ``render(payload)``
+    gives into ``out_dir``, prints the latter and returns it."""
+    name = f"{stem}_quick" if quick else stem
+    write_json(Path(out_dir) / f"{name}.json", payload)
+    text = render(payload)
+    write_text(Path(out_dir) / f"{name}.md", text)
+    print(text)
+    return text

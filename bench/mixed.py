@@ -334,11 +334,7 @@ def main(argv=None) -> int:
                           "threads": fusedtrain.get_num_threads(), "hyper": HYPER, "step": STEP,
                           "deepspeed": ds_note},
                "results": results, "targets": targets}
-    stem = "mixed_quick" if args.quick else "mixed"
-    H.write_json(Path(args.out) / f"{stem}.json", payload)
-    text = render(payload)
-    H.write_text(Path(args.out) / f"{stem}.md", text)
-    print(text)
+    H.write_results(args.out, "mixed", args.quick, payload, render)
     return 0
 
 
