@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fusedtrain
-from fusedtrain import ops, reference
+from fusedtrain import _core, ops, reference
 
 DTYPES = (np.float32, np.float64)
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
@@ -496,3 +496,16 @@ def test_elementwise_bad_input(kernel, a, b):
             fn(**kw)
         assert text in str(info.value), (over, str(info.value))
         assert (x.tobytes(), t.tobytes()) == snap
+
+
+def test_short_exponential_is_the_general_one_where_the_losses_use_it():
+    """The losses take exp of x - max(x) and of -|x| only (x <= 0, or NaN),
+    with a shorter form of the polynomial (no overflow end, no exponent
+    clamp): bit for bit the general one on every float32 input there and on
+    float64 ones across the range, at its underflow end and on NaNs."""
+    assert _core._exp_selfcheck() == 0
+
+
+def test_exp_selfcheck_rejects_a_bad_stride():
+    with pytest.raises(ValueError, match="stride64"):
+        _core._exp_selfcheck(0)

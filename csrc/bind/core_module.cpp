@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cpu/blas.h"
+#include "cpu/loss_cpu.h"
 #include "cpu/lowp_cpu.h"
 #include "cpu/optim_cpu.h"
 #include "cpu/philox_cpu.h"
@@ -81,6 +82,20 @@ PYBIND11_MODULE(_core, m) {
       "Number of Philox words that the paths this CPU can run give otherwise "
       "than the portable generator, on runs of blocks at several starts, seeds "
       "and offsets (0 when they all agree).");
+
+  m.def(
+      "_exp_selfcheck",
+      [](int64_t stride64) {
+        if (stride64 < 1)
+          throw py::value_error("stride64: expected >= 1, received " + std::to_string(stride64));
+        py::gil_scoped_release release;
+        return fusedtrain::cpu::exp_selfcheck(stride64);
+      },
+      py::arg("stride64") = int64_t(1) << 40,
+      "Number of inputs x <= 0 or NaN on which the losses' short exponential "
+      "(ft_exp_nonpos) differs from the general one (ft_exp_poly): every "
+      "float32 one, and float64 ones every stride64-th bit pattern (0 when "
+      "they agree).");
 
   fusedtrain::bind::bind_optim(m);
   fusedtrain::bind::bind_chunks(m);

@@ -149,8 +149,16 @@ FT_INLINE T row_max(const T* x, int64_t c) {
     m2 = m3 > m2 ? m3 : m2;
     return m2 > m ? m2 : m;
   }
-#pragma omp simd reduction(max : m)
-  for (int64_t k = 0; k < c; ++k) m = x[k] > m ? x[k] : m;
+  // long rows: 64 lanes (four vectors of 16 floats), so that the maxima of
+  // consecutive vectors do not wait on each other
+  constexpr int kMaxLanes = 64;
+  T acc[kMaxLanes];
+  for (int j = 0; j < kMaxLanes; ++j) acc[j] = m;
+  int64_t k = 0;
+  for (; k + kMaxLanes <= c; k += kMaxLanes)
+    for (int j = 0; j < kMaxLanes; ++j) acc[j] = x[k + j] > acc[j] ? x[k + j] : acc[j];
+  for (; k < c; ++k) m = x[k] > m ? x[k] : m;
+  for (int j = 0; j < kMaxLanes; ++j) m = acc[j] > m ? acc[j] : m;
   return m;
 }
 
@@ -170,6 +178,29 @@ FT_INLINE double lanes_sum(const T* v, int64_t c) {
   // the rest (all of a short row): four chains, (t0 + t1) + (t2 + t3)
   double t[4] = {0.0, 0.0, 0.0, 0.0};
   for (int j = 0; k < c; ++k, j = (j + 1) & 3) t[j] += double(v[k]);
+  return lane_sum(acc) + ((t[0] + t[1]) + (t[2] + t[3]));
+}
+
+// g[k] = exp(x[k] - m) and the sum of the g[k] as lanes_sum(g, c) adds
+// them (the same lanes and chains, so the same double), in one loop. x may
+// be g (each element is read before it is written).
+template <typename T>
+FT_INLINE double exp_lanes_sum(const T* x, T* g, T m, int64_t c) {
+  double acc[kLanes];
+  for (int j = 0; j < kLanes; ++j) acc[j] = 0.0;
+  int64_t k = 0;
+  for (; k + kLanes <= c; k += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const T e = ft_exp_nonpos(x[k + j] - m);
+      g[k + j] = e;
+      acc[j] += double(e);
+    }
+  double t[4] = {0.0, 0.0, 0.0, 0.0};
+  for (int j = 0; k < c; ++k, j = (j + 1) & 3) {
+    const T e = ft_exp_nonpos(x[k] - m);
+    g[k] = e;
+    t[j] += double(e);
+  }
   return lane_sum(acc) + ((t[0] + t[1]) + (t[2] + t[3]));
 }
 
@@ -204,7 +235,7 @@ FT_INLINE double lanes_sum_shifted(const T* x, const T* w, T m, int64_t c) {
 // vector loop), in sweeps that keep the tile in L1:
 //   A (per row)   m = max x; (smoothing) sum w (x - m); g = x - m
 //   B (flat)      g = exp(g)    (one row per tile: g = exp(x - m), no A store)
-//   C (per row)   S = sum g
+//   C (per row)   S = sum g     (one row per tile: in B's loop)
 //   D (over rows) log S, the row's loss and gradient coefficients (CeRow)
 //   E (per row)   g = g * coef_e - coef_w * w; g_y -= coef_y
 // so memory sees one read of x and one write of g. Ignored rows get S = 1,
@@ -266,18 +297,13 @@ FT_CLONES_FMA void ce_rows(const T* __restrict x_in, T* __restrict g_out, const 
     // B
     if (flat) {
       const int64_t len = nr * c;
-      for (int64_t k = 0; k < len; ++k) gt[k] = ft_exp_poly(gt[k]);
-    } else {  // long rows: the shift goes into the same loop
-      for (int64_t i = 0; i < nr; ++i) {
-        if (yt[i] < 0) continue;
-        const T* x = xt + i * c;
-        T* g = gt + i * c;
-        const T m = row_m[i];
-        for (int64_t k = 0; k < c; ++k) g[k] = ft_exp_poly(x[k] - m);
-      }
+      for (int64_t k = 0; k < len; ++k) gt[k] = ft_exp_nonpos(gt[k]);
+      // C
+      for (int64_t i = 0; i < nr; ++i) sum_exp[i] = yt[i] < 0 ? 1.0 : lanes_sum(gt + i * c, c);
+    } else {  // long rows: the shift and C go into the same loop
+      for (int64_t i = 0; i < nr; ++i)
+        sum_exp[i] = yt[i] < 0 ? 1.0 : exp_lanes_sum(xt + i * c, gt + i * c, row_m[i], c);
     }
-    // C
-    for (int64_t i = 0; i < nr; ++i) sum_exp[i] = yt[i] < 0 ? 1.0 : lanes_sum(gt + i * c, c);
     // D
     for (int64_t i = 0; i < nr; ++i) {
       const CeRow<T> r =
@@ -512,6 +538,63 @@ void dropout_backward(const void* dy, const uint8_t* mask, void* dx, int64_t n, 
                       DType dt) {
   dt == DType::F32 ? dropout_backward_typed<float>(dy, mask, dx, n, p)
                    : dropout_backward_typed<double>(dy, mask, dx, n, p);
+}
+
+namespace {
+
+FT_CLONES_FMA int64_t exp_mismatches_f32(uint32_t lo, uint32_t hi) {
+  int64_t bad = 0;
+  for (uint64_t b = lo; b < uint64_t(hi); ++b) {
+    const float x = ft_as_float(uint32_t(b));
+    bad += ft_as_uint(ft_exp_nonpos(x)) != ft_as_uint(ft_exp_poly(x));
+  }
+  return bad;
+}
+
+FT_CLONES_FMA int64_t exp_mismatches_f64(const uint64_t* bits, int64_t n) {
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double x = ft_as_double(bits[i]);
+    bad += ft_as_uint(ft_exp_nonpos(x)) != ft_as_uint(ft_exp_poly(x));
+  }
+  return bad;
+}
+
+}  // namespace
+
+int64_t exp_selfcheck(int64_t stride64) {
+  // float32: -0 .. -inf and the negative NaNs (sign bit set), +0, the
+  // positive NaNs
+  constexpr int64_t kChunk = 1 << 20;
+  const uint32_t first = 0x80000000u;
+  const int64_t chunks = (int64_t(1) << 31) / kChunk;
+  int64_t bad = exp_mismatches_f32(0, 1) + exp_mismatches_f32(0x7F800001u, 0x80000000u);
+#pragma omp parallel for num_threads(num_threads()) reduction(+ : bad) schedule(static)
+  for (int64_t c = 0; c < chunks; ++c)
+    bad += exp_mismatches_f32(uint32_t(first + c * kChunk),
+                              c + 1 == chunks ? 0xFFFFFFFFu : uint32_t(first + (c + 1) * kChunk));
+  bad += exp_mismatches_f32(0xFFFFFFFFu, 0xFFFFFFFFu) +
+         (ft_as_uint(ft_exp_nonpos(ft_as_float(0xFFFFFFFFu))) !=
+          ft_as_uint(ft_exp_poly(ft_as_float(0xFFFFFFFFu))));
+  // float64: every stride64-th pattern with the sign bit set, the range's
+  // ends and their neighbours, and NaNs of both signs
+  std::vector<uint64_t> bits;
+  const uint64_t sign = uint64_t(1) << 63;
+  for (uint64_t b = 0; b < sign; b += uint64_t(stride64)) bits.push_back(sign | b);
+  for (double x : {0.0, -0.0, -708.3964185322641, -708.39641853226, -708.4, -745.2, -1e308,
+                   -std::numeric_limits<double>::infinity(), -1e-300, -5e-324})
+    for (int d = -2; d <= 2; ++d) bits.push_back(ft_as_uint(x) + uint64_t(int64_t(d)));
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (int i = 0; i < 4096; ++i) {  // NaN payloads (splitmix64)
+    state += 0x9E3779B97F4A7C15ull;
+    uint64_t z = (state ^ (state >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const uint64_t payload = (z & 0x000FFFFFFFFFFFFFull) | 1u;
+    bits.push_back((z & sign) | 0x7FF0000000000000ull | payload);
+  }
+  bad += exp_mismatches_f64(bits.data(), int64_t(bits.size()));
+  return bad;
 }
 
 }  // namespace fusedtrain::cpu

@@ -67,4 +67,10 @@ void dropout(const void* x, void* y, uint8_t* mask, int64_t n, double p, uint64_
 void dropout_backward(const void* dy, const uint8_t* mask, void* dx, int64_t n, double p,
                       DType dt);
 
+// Compares loss_math.h's ft_exp_nonpos with ft_exp_poly, bit for bit: on
+// every float32 x <= 0 and every float32 NaN, and on float64 x <= 0 and NaN
+// patterns (every stride64-th of the 2^63 with the sign bit set, the ends
+// of the range and random NaNs). Returns the number that differ.
+int64_t exp_selfcheck(int64_t stride64);
+
 }  // namespace fusedtrain::cpu

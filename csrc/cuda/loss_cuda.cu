@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kCeThreads)
     double se = 0.0, wxs = 0.0;
     for (int64_t k = threadIdx.x; k < c; k += kCeThreads) {
       const T xs = x[k] - m;
-      se += double(ft_exp_poly(xs));
+      se += double(ft_exp_nonpos(xs));
       if constexpr (SM == Smoothing::On) wxs += double(CW == ClassWeights::On ? w[k] * xs : xs);
     }
     se = SumReduce(sum_tmp).Sum(se);
@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kCeThreads)
     // g = e * coef_e - coef_w * w; g_y -= coef_y (each thread its own elements)
     const T ce = coef_e, cy = coef_y;
     for (int64_t k = threadIdx.x; k < c; k += kCeThreads) {
-      T v = ce_grad<SM>(ft_exp_poly(T(x[k] - m)), CW == ClassWeights::On ? w[k] : T(1), ce,
+      T v = ce_grad<SM>(ft_exp_nonpos(T(x[k] - m)), CW == ClassWeights::On ? w[k] : T(1), ce,
                         coef_w);
       if (k == y) v = v - cy;
       g[k] = v;

@@ -4,7 +4,8 @@
 // only compute.
 //
 // exp, log1p and log are written out here as branch-free polynomials
-// (ft_exp_poly, ft_log1p_poly, ft_log_poly) instead of calling libm (hd.h's
+// (ft_exp_poly and its x <= 0 form ft_exp_nonpos, ft_log1p_poly, ft_log_poly)
+// instead of calling libm (hd.h's
 // ft_exp): GCC can then vectorise the loops that call them, across the
 // elements of a row and across rows (a libm call stops it), and nvcc compiles
 // the very same operations. Contraction is off on both sides
@@ -62,6 +63,40 @@ FT_HD double ft_select(bool c, double a, double b) {
 FT_HD float ft_fused_mul_add(float a, float b, float c) { return fmaf(a, b, c); }
 FT_HD double ft_fused_mul_add(double a, double b, double c) { return fma(a, b, c); }
 
+// The part of exp(x) both forms share: t = x log2 e + magic, whose low bits
+// hold n = round(x log2 e), and exp(r) for r = x - n ln 2 (the polynomial).
+FT_HD float ft_exp_reduced(float x, float& t) {
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  t = ft_fused_mul_add(x, 1.44269504088896341f, magic);
+  const float n = t - magic;
+  float r = ft_fused_mul_add(n, -0.693359375f, x);
+  r = ft_fused_mul_add(n, 2.12194440e-4f, r);
+  float p = 1.381461275741458e-3f;  // minimax for (exp(r) - 1 - r) / r^2
+  p = ft_fused_mul_add(p, r, 8.368710055947304e-3f);
+  p = ft_fused_mul_add(p, r, 4.166838899254799e-2f);
+  p = ft_fused_mul_add(p, r, 1.666652113199234e-1f);
+  p = ft_fused_mul_add(p, r, 4.999999403953552e-1f);
+  return ft_fused_mul_add(p, r * r, r) + 1.0f;
+}
+
+FT_HD double ft_exp_reduced(double x, double& t) {
+  const double magic = 6755399441055744.0;  // 1.5 * 2^52
+  t = ft_fused_mul_add(x, 1.4426950408889634074, magic);
+  const double n = t - magic;
+  double r = ft_fused_mul_add(n, -6.93145751953125e-1, x);
+  r = ft_fused_mul_add(n, -1.42860682030941723212e-6, r);
+  const double rr = r * r;
+  double px = 1.26177193074810590878e-4;
+  px = ft_fused_mul_add(px, rr, 3.02994407707441961300e-2);
+  px = ft_fused_mul_add(px, rr, 9.99999999999999999910e-1);
+  px = px * r;
+  double qx = 3.00198505138664455042e-6;
+  qx = ft_fused_mul_add(qx, rr, 2.52448340349684104192e-3);
+  qx = ft_fused_mul_add(qx, rr, 2.27265548208155028766e-1);
+  qx = ft_fused_mul_add(qx, rr, 2.00000000000000000009e0);
+  return 1.0 + 2.0 * (px / (qx - px));
+}
+
 // exp(x), branch-free (after Cephes expf / exp): n = round(x log2 e) by the
 // 1.5 * 2^23 (2^52) trick, r = x - n ln 2 in two parts (Cody-Waite),
 // exp(r) = 1 + r + r^2 P(r) with a degree-4 minimax P (float; fitted for
@@ -75,18 +110,9 @@ FT_HD double ft_fused_mul_add(double a, double b, double c) { return fma(a, b, c
 // a constant there would make GCC branch around the whole computation, which
 // stops it vectorising the loop for AVX2.
 FT_HD float ft_exp_poly(float x) {
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const float t = ft_fused_mul_add(x, 1.44269504088896341f, magic);
-  const float n = t - magic;
-  const int32_t ni = ft_clamp_i32(int32_t(ft_as_uint(t) - ft_as_uint(magic)), -126, 127);
-  float r = ft_fused_mul_add(n, -0.693359375f, x);
-  r = ft_fused_mul_add(n, 2.12194440e-4f, r);
-  float p = 1.381461275741458e-3f;  // minimax for (exp(r) - 1 - r) / r^2
-  p = ft_fused_mul_add(p, r, 8.368710055947304e-3f);
-  p = ft_fused_mul_add(p, r, 4.166838899254799e-2f);
-  p = ft_fused_mul_add(p, r, 1.666652113199234e-1f);
-  p = ft_fused_mul_add(p, r, 4.999999403953552e-1f);
-  p = ft_fused_mul_add(p, r * r, r) + 1.0f;
+  float t;
+  const float p = ft_exp_reduced(x, t);
+  const int32_t ni = ft_clamp_i32(int32_t(ft_as_uint(t) - ft_as_uint(12582912.0f)), -126, 127);
   const float e = p * ft_as_float(uint32_t(ni + 127) << 23);
   const uint32_t zero = 0u - uint32_t(x < -87.33654f);  // exp(x) < FLT_MIN
   const uint32_t inf = 0u - uint32_t(x > 88.37626f);    // n would be 128
@@ -94,27 +120,37 @@ FT_HD float ft_exp_poly(float x) {
 }
 
 FT_HD double ft_exp_poly(double x) {
-  const double magic = 6755399441055744.0;  // 1.5 * 2^52
-  const double t = ft_fused_mul_add(x, 1.4426950408889634074, magic);
-  const double n = t - magic;
-  const int32_t ni =
-      ft_clamp_i32(int32_t(uint32_t(ft_as_uint(t) - ft_as_uint(magic))), -1022, 1023);
-  double r = ft_fused_mul_add(n, -6.93145751953125e-1, x);
-  r = ft_fused_mul_add(n, -1.42860682030941723212e-6, r);
-  const double rr = r * r;
-  double px = 1.26177193074810590878e-4;
-  px = ft_fused_mul_add(px, rr, 3.02994407707441961300e-2);
-  px = ft_fused_mul_add(px, rr, 9.99999999999999999910e-1);
-  px = px * r;
-  double qx = 3.00198505138664455042e-6;
-  qx = ft_fused_mul_add(qx, rr, 2.52448340349684104192e-3);
-  qx = ft_fused_mul_add(qx, rr, 2.27265548208155028766e-1);
-  qx = ft_fused_mul_add(qx, rr, 2.00000000000000000009e0);
-  const double p = 1.0 + 2.0 * (px / (qx - px));
+  double t;
+  const double p = ft_exp_reduced(x, t);
+  const int32_t ni = ft_clamp_i32(
+      int32_t(uint32_t(ft_as_uint(t) - ft_as_uint(6755399441055744.0))), -1022, 1023);
   const double e = p * ft_as_double(uint64_t(ni + 1023) << 52);
   const uint64_t zero = uint64_t(0) - uint64_t(x < -708.3964185322641);  // < DBL_MIN
   const uint64_t inf = uint64_t(0) - uint64_t(x > 709.436139303104);     // n would be 1024
   return ft_as_double(((ft_as_uint(e) & ~zero) & ~inf) | (uint64_t(0x7FF0000000000000) & inf));
+}
+
+// exp(x) for x <= 0 or NaN (the exponentials of the losses: x - max, -|x|),
+// bit for bit ft_exp_poly(x) there, with fewer operations: no overflow end
+// and no clamp of the exponent (n = round(x log2 e) is in [-126, 0] wherever
+// the result is not set to 0; below, the garbage is masked away, computed
+// in unsigned arithmetic).
+FT_HD float ft_exp_nonpos(float x) {
+  float t;
+  const float p = ft_exp_reduced(x, t);
+  const uint32_t biased = ft_as_uint(t) - ft_as_uint(12582912.0f) + 127u;  // n + 127
+  const float e = p * ft_as_float(biased << 23);
+  const uint32_t zero = 0u - uint32_t(x < -87.33654f);
+  return ft_as_float(ft_as_uint(e) & ~zero);
+}
+
+FT_HD double ft_exp_nonpos(double x) {
+  double t;
+  const double p = ft_exp_reduced(x, t);
+  const uint64_t biased = ft_as_uint(t) - ft_as_uint(6755399441055744.0) + uint64_t(1023);
+  const double e = p * ft_as_double(biased << 52);
+  const uint64_t zero = uint64_t(0) - uint64_t(x < -708.3964185322641);
+  return ft_as_double(ft_as_uint(e) & ~zero);
 }
 
 // 2 atanh(s) = log((1 + s) / (1 - s)) for |s| <= 0.172, by its series
@@ -252,7 +288,7 @@ FT_HD T ce_grad(T e, T w, T coef_e, T coef_w) {
 template <typename T>
 FT_HD void bce_with_logits_elem(T x, T t, T scale, T& loss, T& grad) {
   const bool neg = x < T(0);
-  const T e = ft_exp_poly(ft_select(neg, x, -x));  // exp(-|x|)
+  const T e = ft_exp_nonpos(ft_select(neg, x, -x));  // exp(-|x|)
   const T relu = ft_select(neg, T(0), x);          // NaN stays NaN
   loss = relu - x * t + ft_log1p_poly(e);
   const T r = T(1) / (T(1) + e);
