@@ -80,8 +80,7 @@ FT_HD float half_to_float(Half h) {
 
 namespace lowp_detail {
 // For |float| bits a below 2^-14 (the float16 subnormal range): the value in
-// float16 subnormal units of 2^-24 is significand(a) * 2^-subnormal_shift(a).
-FT_HD uint32_t subnormal_shift(uint32_t a) { return 126u - (a >> 23); }
+// float16 subnormal units of 2^-24 is significand(a) * 2^-(126 - exponent).
 FT_HD uint32_t significand(uint32_t a) { return (a & 0x7FFFFFu) | 0x800000u; }
 constexpr uint32_t kHalfNormalMin = 0x38800000u;  // 2^-14 as float32 bits
 constexpr uint32_t kHalfOverflow = 0x47800000u;   // 2^16: beyond float16, inf
@@ -124,29 +123,27 @@ FT_HD Half float_to_half(float f) {
   return Half{uint16_t(sign | h)};
 }
 
-// r: 32 random bits.
+// r: 32 random bits. Every case is computed and one selected, as in
+// float_to_half. Below 2^-14 the value in float16 subnormal units is
+// significand(a) * 2^-s, s = 126 - exponent >= 14, rounded up by an s-bit
+// random number whose top (up to 32) bits are r; s is clamped to 63, where
+// the sum stays below 2^63 and the result is 0, as for every smaller
+// magnitude (rounding up there has probability < 2^-39).
 FT_HD Half float_to_half_sr(float f, uint32_t r) {
   using namespace lowp_detail;
   const uint32_t u = ft_as_uint(f);
   const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t a = u & 0x7FFFFFFFu;
-  uint32_t h;
-  if (a > 0x7F800000u) {
-    h = half_nan(a);
-  } else if (a >= kHalfOverflow) {
-    h = 0x7C00u;
-  } else if (a >= kHalfNormalMin) {
-    h = (a - kRebias + (r & 0x1FFFu)) >> 13;
-  } else {
-    const uint32_t s = subnormal_shift(a);
-    if (s > 63) {
-      h = 0;  // below 2^-63 of an ulp: rounds up with probability < 2^-39
-    } else {
-      // an s-bit random number whose top (up to 32) bits are r
-      const uint64_t rnd = (uint64_t(r) << 32) >> (64u - s);
-      h = uint32_t((uint64_t(significand(a)) + rnd) >> s);
-    }
-  }
+  const uint32_t normal = (a - kRebias + (r & 0x1FFFu)) >> 13;  // wraps below the range
+  const int32_t e = 126 - int32_t(a >> 23);
+  const int32_t lo = e > 14 ? e : 14;
+  const uint32_t sh = uint32_t(lo < 63 ? lo : 63);
+  const uint64_t rnd = (uint64_t(r) << 32) >> (64u - sh);
+  const uint32_t sub = uint32_t((uint64_t(significand(a)) + rnd) >> sh);
+  const uint32_t h =
+      select_bits(a > 0x7F800000u, half_nan(a),
+                  select_bits(a >= kHalfOverflow, 0x7C00u,
+                              select_bits(a >= kHalfNormalMin, normal, sub)));
   return Half{uint16_t(sign | h)};
 }
 
