@@ -19,6 +19,7 @@ void bind_chunks(py::module_& m);
 void bind_dense(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_norm(py::module_& m);
+void bind_gather(py::module_& m);
 }
 
 #ifndef FT_CXX_COMPILER
@@ -102,4 +103,5 @@ PYBIND11_MODULE(_core, m) {
   fusedtrain::bind::bind_dense(m);
   fusedtrain::bind::bind_loss(m);
   fusedtrain::bind::bind_norm(m);
+  fusedtrain::bind::bind_gather(m);
 }

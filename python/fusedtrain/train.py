@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from . import _core
 from . import amp as _amp
 from . import metrics as _metrics
 from . import ops as _ops
@@ -361,9 +362,21 @@ class _Batcher:
         if bufs is None:
             bufs = self._buf[n] = (np.empty((n,) + self.x.shape[1:], self.x.dtype),
                                    np.empty((n,) + self.y.shape[1:], self.y.dtype))
-        np.take(self.x, idx, axis=0, out=bufs[0])
-        np.take(self.y, idx, axis=0, out=bufs[1])
+        for src, out in zip((self.x, self.y), bufs):
+            if _parallel_take(src, idx):
+                _core.take_rows(src, idx, out)  # the kernels' threads share the rows
+            else:
+                np.take(src, idx, axis=0, out=out)
         return bufs
+
+
+def _parallel_take(src, idx) -> bool:
+    """Whether _core.take_rows can gather from src: a C-contiguous NumPy array
+    with rows of at least 1 KB (smaller ones are not worth the threads), and
+    int64 indices."""
+    return (type(src) is np.ndarray and src.ndim >= 1 and src.flags.c_contiguous
+            and src.dtype.kind in "fiub" and len(src) > 0 and src.nbytes // len(src) >= 1024
+            and idx.dtype == np.int64 and idx.flags.c_contiguous)
 
 
 def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, batch_size=128,
