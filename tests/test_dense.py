@@ -325,7 +325,7 @@ def backward_case(key, B, n_in, n_out, act, kw, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("act_id,act,kw", ACTS, ids=ACT_IDS)
 @pytest.mark.parametrize("B,n_in,n_out", [(1, 7, 1000), (7, 1000, 33), (33, 33, 7),
-                                          (1000, 7, 33)], ids=lambda s: str(s))
+                                          (1000, 7, 33), (2048, 5, 300)], ids=lambda s: str(s))
 def test_backward_matches_reference(B, n_in, n_out, act_id, act, kw, dtype):
     dy, x, w, saved, z64 = backward_case((B, n_in, n_out, act_id, np.dtype(dtype).name),
                                          B, n_in, n_out, act, kw, dtype)
@@ -453,11 +453,14 @@ def _run_layer(x, w, b, dy, saved, act, kw):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("act_id,act,kw", ACTS, ids=ACT_IDS)
-@pytest.mark.parametrize("B", [700, 20], ids=["row-tiles", "column-tiles"])
+@pytest.mark.parametrize("B", [700, 20, 2048],
+                         ids=["row-tiles", "column-tiles", "threaded-grad-pass"])
 def test_thread_count_does_not_change_results(act_id, act, kw, dtype, B, restore_threads):
     """fusedtrain.set_num_threads(1) and (2) give the same bits: the tiles
     (of rows; of columns for a batch too small for two row tiles) depend on
-    the shape only, and each tile is one serial GEMM and its epilogue."""
+    the shape only, and each tile is one serial GEMM and its epilogue. At
+    B = 2048 (B * n_out >= 2^19) the backward's activation-gradient pass runs
+    on both threads too."""
     n_in, n_out = 300, 257
     dy, x, w, saved, _ = backward_case(("threads", act_id, np.dtype(dtype).name, B), B, n_in,
                                        n_out, act, kw, dtype)

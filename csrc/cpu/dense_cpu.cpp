@@ -228,13 +228,17 @@ void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T
   // column sums (double); the tiles' sums are then added in tile order
   const Tiling tr(B);
   const int64_t nt = tr.count;
-  thread_local std::vector<double> partial;
-  partial.assign(size_t(std::max<int64_t>(nt, 1) * out), 0.0);
+  // The calling thread's buffer, reused across calls. The workers reach it
+  // through this pointer: in their code the name of a thread_local would be
+  // their own (empty) instance.
+  thread_local std::vector<double> partial_buf;
+  partial_buf.assign(size_t(std::max<int64_t>(nt, 1) * out), 0.0);
+  double* const partial = partial_buf.data();
   const T* g = A == Act::Identity ? dy : dz;
-  // (elementwise: worth a second thread from 2^18 elements on)
+  // (elementwise: a second thread from 2^19 elements on)
   for_tiles(nt, B * out * 2, [&](int64_t t) {
     const int64_t r0 = tr.begin(t), rows = tr.size(t);
-    double* acc = partial.data() + t * out;
+    double* acc = partial + t * out;
     if constexpr (A == Act::Identity) {
       column_sums(dy + r0 * out, acc, rows, out);
     } else if constexpr (A == Act::Softmax) {
