@@ -442,7 +442,7 @@ double elementwise_typed(const void* a_, const void* b_, void* grad_, void* loss
 constexpr int64_t kDropChunk = 1024;
 
 template <typename T>
-FT_CLONES_FMA void dropout_range(const T* __restrict x, T* __restrict y, uint8_t* __restrict mask,
+FT_CLONES_BW void dropout_range(const T* __restrict x, T* __restrict y, uint8_t* __restrict mask,
                              int64_t i0, int64_t i1, uint64_t seed, uint64_t offset,
                              uint32_t threshold, const T scale) {
   uint32_t words[kDropChunk];
@@ -458,7 +458,7 @@ FT_CLONES_FMA void dropout_range(const T* __restrict x, T* __restrict y, uint8_t
 }
 
 template <typename T>
-FT_CLONES_FMA void dropout_backward_range(const T* __restrict dy, const uint8_t* __restrict mask,
+FT_CLONES_BW void dropout_backward_range(const T* __restrict dy, const uint8_t* __restrict mask,
                                       T* __restrict dx, int64_t n, const T scale) {
   for (int64_t i = 0; i < n; ++i) dx[i] = dropout_apply(dy[i], mask[i] != 0, scale);
 }
