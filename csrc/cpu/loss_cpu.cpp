@@ -129,6 +129,7 @@ int64_t ce_prepare_labels(const LabelView& lv, int64_t n, int64_t c, int64_t ig,
 
 // Row helpers, inlined into each SIMD clone of the loops below. Each is one
 // plain loop that GCC vectorises; sums go to 16 fixed double lanes.
+#define FT_INLINE inline __attribute__((always_inline))
 
 // Row max. The order of a max does not change it (a NaN need not win here:
 // it reaches the sum of exponentials), so the compiler may reorder it.
@@ -542,9 +543,10 @@ void dropout_backward(const void* dy, const uint8_t* mask, void* dx, int64_t n, 
 
 namespace {
 
-FT_CLONES_FMA int64_t exp_mismatches_f32(uint32_t lo, uint32_t hi) {
+// float32 bit patterns [lo, hi), hi <= 2^32
+FT_CLONES_FMA int64_t exp_mismatches_f32(uint64_t lo, uint64_t hi) {
   int64_t bad = 0;
-  for (uint64_t b = lo; b < uint64_t(hi); ++b) {
+  for (uint64_t b = lo; b < hi; ++b) {
     const float x = ft_as_float(uint32_t(b));
     bad += ft_as_uint(ft_exp_nonpos(x)) != ft_as_uint(ft_exp_poly(x));
   }
@@ -563,19 +565,15 @@ FT_CLONES_FMA int64_t exp_mismatches_f64(const uint64_t* bits, int64_t n) {
 }  // namespace
 
 int64_t exp_selfcheck(int64_t stride64) {
-  // float32: -0 .. -inf and the negative NaNs (sign bit set), +0, the
-  // positive NaNs
+  // float32: -0 .. -inf and the negative NaNs (sign bit set: [2^31, 2^32)),
+  // +0, the positive NaNs
   constexpr int64_t kChunk = 1 << 20;
-  const uint32_t first = 0x80000000u;
-  const int64_t chunks = (int64_t(1) << 31) / kChunk;
-  int64_t bad = exp_mismatches_f32(0, 1) + exp_mismatches_f32(0x7F800001u, 0x80000000u);
+  constexpr uint64_t kFirst = uint64_t(1) << 31;
+  const int64_t chunks = int64_t(kFirst) / kChunk;
+  int64_t bad = exp_mismatches_f32(0, 1) + exp_mismatches_f32(0x7F800001u, kFirst);
 #pragma omp parallel for num_threads(num_threads()) reduction(+ : bad) schedule(static)
   for (int64_t c = 0; c < chunks; ++c)
-    bad += exp_mismatches_f32(uint32_t(first + c * kChunk),
-                              c + 1 == chunks ? 0xFFFFFFFFu : uint32_t(first + (c + 1) * kChunk));
-  bad += exp_mismatches_f32(0xFFFFFFFFu, 0xFFFFFFFFu) +
-         (ft_as_uint(ft_exp_nonpos(ft_as_float(0xFFFFFFFFu))) !=
-          ft_as_uint(ft_exp_poly(ft_as_float(0xFFFFFFFFu))));
+    bad += exp_mismatches_f32(kFirst + uint64_t(c * kChunk), kFirst + uint64_t((c + 1) * kChunk));
   // float64: every stride64-th pattern with the sign bit set, the range's
   // ends and their neighbours, and NaNs of both signs
   std::vector<uint64_t> bits;

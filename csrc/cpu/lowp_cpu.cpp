@@ -189,18 +189,10 @@ std::vector<Path<WidenFn>> widen_paths() {
   return v;
 }
 
-const Path<WidenFn>& widen_path() {
-  static const Path<WidenFn> p = widen_paths().front();
-  return p;
-}
-
-const Path<NarrowFn<BFloat16>>& bf16_path() {
-  static const Path<NarrowFn<BFloat16>> p = bf16_paths().front();
-  return p;
-}
-
-const Path<NarrowFn<Half>>& half_path() {
-  static const Path<NarrowFn<Half>> p = half_paths().front();
+// The path taken: the first of Paths(), picked at the first call.
+template <auto Paths>
+const auto& chosen() {
+  static const auto p = Paths().front();
   return p;
 }
 
@@ -237,14 +229,16 @@ int64_t selfcheck(const std::vector<Path<NarrowFn<S>>>& paths, int64_t stride) {
 
 }  // namespace
 
-void narrow_nearest(BFloat16* out, const float* x, int64_t n) { bf16_path().fn(out, x, n); }
-void narrow_nearest(Half* out, const float* x, int64_t n) { half_path().fn(out, x, n); }
+void narrow_nearest(BFloat16* out, const float* x, int64_t n) {
+  chosen<bf16_paths>().fn(out, x, n);
+}
+void narrow_nearest(Half* out, const float* x, int64_t n) { chosen<half_paths>().fn(out, x, n); }
 
-void widen_exact(float* out, const Half* x, int64_t n) { widen_path().fn(out, x, n); }
+void widen_exact(float* out, const Half* x, int64_t n) { chosen<widen_paths>().fn(out, x, n); }
 
-const char* narrow_path_bf16() { return bf16_path().name; }
-const char* narrow_path_half() { return half_path().name; }
-const char* widen_path_half() { return widen_path().name; }
+const char* narrow_path_bf16() { return chosen<bf16_paths>().name; }
+const char* narrow_path_half() { return chosen<half_paths>().name; }
+const char* widen_path_half() { return chosen<widen_paths>().name; }
 
 int64_t narrow_selfcheck(bool bf16, int64_t stride) {
   return bf16 ? selfcheck(bf16_paths(), stride) : selfcheck(half_paths(), stride);

@@ -87,13 +87,6 @@ FT_CLONES void widen_range(const S* __restrict x, float* __restrict out, int64_t
   for (int64_t i = 0; i < n; ++i) out[i] = widen(x[i]);
 }
 
-// float16 / bfloat16 to nearest even: the conversion instructions where the
-// CPU has them (lowp_cpu.h), the same bits as narrow()
-template <typename S>
-void narrow_range(S* out, const float* x, int64_t n) {
-  narrow_nearest(out, x, n);
-}
-
 // Element i takes word (rc.base + i) % 4 of Philox block (rc.base + i) / 4:
 // the blocks covering the piece first (vectorised across blocks), then the
 // rounding. n <= kTile.
@@ -123,7 +116,7 @@ float* widened(S* x, float* tile, int64_t n) {
 template <typename S>
 void narrowed(S* x, const float* tile, int64_t n) {
   if constexpr (!std::is_same_v<S, float>) {
-    if (x != nullptr) narrow_range(x, tile, n);
+    if (x != nullptr) narrow_nearest(x, tile, n);
   }
 }
 
@@ -154,7 +147,7 @@ void mixed_tiles(typename L::param_t* p, const typename L::param_t* g, float* ma
     if constexpr (L::kRounding == Rounding::Stochastic) {
       narrow_sr_range(p + b, master + b, len, RoundCtx{rc.seed, rc.offset, rc.base + b});
     } else {
-      narrow_range(p + b, master + b, len);
+      narrow_nearest(p + b, master + b, len);
     }
   }
 }

@@ -18,8 +18,3 @@
 #define FT_CLONES_FMA
 #define FT_CLONES_BW
 #endif
-
-
-// Inlined into each SIMD clone that calls it (a plain call would go to one
-// version compiled for the baseline).
-#define FT_INLINE inline __attribute__((always_inline))
