@@ -63,6 +63,8 @@ def _args():
      "src: expected a C-contiguous array"),
     (lambda s, i, o: (s, i, s[:3]), ValueError, "out"),
     (lambda s, i, o: (s.tolist(), i, o), TypeError, "src: expected a numpy.ndarray"),
+    (lambda s, i, o: (s.astype(object), i, o.astype(object)), TypeError,
+     "src: expected a numeric or bool dtype"),
     (lambda s, i, o: (np.zeros((), np.float32), i, o), ValueError,
      "src: expected an array of rows"),
 ])

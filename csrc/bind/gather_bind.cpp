@@ -21,6 +21,11 @@ void bind_gather(py::module_& m) {
         const py::array idx = as_array("idx", idx_);
         py::array out = as_array("out", out_);
         contiguous("src", src, false);
+        // rows are copied as bytes: references (object arrays) would not be counted
+        const char kind = src.dtype().kind();
+        if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f' && kind != 'c')
+          throw py::type_error("src: expected a numeric or bool dtype (rows are copied as bytes), "
+                               "received " + dtype_str(src));
         if (src.ndim() < 1)
           throw py::value_error("src: expected an array of rows (ndim >= 1), received shape " +
                                 shape_str(src));
