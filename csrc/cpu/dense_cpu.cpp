@@ -28,10 +28,11 @@ namespace {
 // small; four of them still spread over the threads of a small machine.
 constexpr int64_t kTileQuantum = 32;
 constexpr int64_t kMaxTiles = 4;
-// Each thread takes at least this many multiply-adds (about 10 us of GEMM
-// on the dev machine); smaller GEMMs run on fewer threads. A 128 x 64 x 256
-// layer (2^21) then runs on two threads: 40 -> 22 us forward.
-constexpr int64_t kMinParallelFlops = 1 << 19;
+// Each thread takes at least this many multiply-adds (about 3 us of GEMM
+// on the dev machine, several times the cost of waking a thread that is
+// spinning); smaller GEMMs run on fewer threads. A 128 x 256 x 10 layer
+// (2.5 x 2^17) then runs on two threads: 10.6 -> 6.8 us forward.
+constexpr int64_t kMinParallelFlops = 1 << 17;
 
 struct Tiling {
   int64_t n = 0, count = 0;
@@ -59,41 +60,56 @@ bool tile_rows(int64_t M, int64_t N, int64_t K) {
   return tm.count * K * N + M * K <= tn.count * M * K + K * N;
 }
 
-// Runs f(t) for t in [0, ntiles) on up to num_threads() threads.
+// Runs f(t) for t in [0, ntiles) on up to num_threads() threads: in equal
+// contiguous runs (tiles of equal cost), or (dynamic) each thread taking the
+// next tile when it is done with one (tiles of unequal cost).
 template <class F>
-void for_tiles(int64_t ntiles, int64_t flops, F&& f) {
+void for_tiles(int64_t ntiles, int64_t flops, F&& f, bool dynamic = false) {
   const int nt = int(std::min<int64_t>({int64_t(num_threads()), ntiles,
                                         std::max<int64_t>(1, flops / kMinParallelFlops)}));
   if (nt <= 1) {
     for (int64_t t = 0; t < ntiles; ++t) f(t);
     return;
   }
+  if (dynamic) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t t = 0; t < ntiles; ++t) f(t);
+  } else {
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t t = 0; t < ntiles; ++t) f(t);
+    for (int64_t t = 0; t < ntiles; ++t) f(t);
+  }
 }
 
 // C (M, N) = op(A) @ op(B) + beta C as tiles of C's rows or columns
-// (tile_rows), the K dimension never split.
+// (tile_rows), the K dimension never split: count() tiles, run(t) computes
+// tile t.
 template <typename T>
-void tiled_gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda,
-                const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
-  const int64_t flops = M * N * K;
-  if (tile_rows(M, N, K)) {
-    const Tiling tm(M);
-    for_tiles(tm.count, flops, [&](int64_t t) {
-      const int64_t m0 = tm.begin(t);
-      const T* a = ta ? A + m0 : A + m0 * lda;  // rows of op(A)
-      gemm(ta, tb, tm.size(t), N, K, T(1), a, lda, B, ldb, beta, C + m0 * ldc, ldc);
-    });
-  } else {
-    const Tiling tn(N);
-    for_tiles(tn.count, flops, [&](int64_t t) {
-      const int64_t n0 = tn.begin(t);
-      const T* b = tb ? B + n0 * ldb : B + n0;  // columns of op(B)
-      gemm(ta, tb, M, tn.size(t), K, T(1), A, lda, b, ldb, beta, C + n0, ldc);
-    });
+struct GemmTiles {
+  bool ta, tb;
+  int64_t M, N, K;
+  const T* A;
+  int64_t lda;
+  const T* B;
+  int64_t ldb;
+  T beta;
+  T* C;
+  int64_t ldc;
+  bool rows = tile_rows(M, N, K);
+  Tiling tiling{rows ? M : N};
+
+  int64_t count() const { return tiling.count; }
+  int64_t flops() const { return M * N * K; }
+  void run(int64_t t) const {
+    const int64_t i0 = tiling.begin(t), len = tiling.size(t);
+    if (rows) {
+      const T* a = ta ? A + i0 : A + i0 * lda;  // rows of op(A)
+      gemm(ta, tb, len, N, K, T(1), a, lda, B, ldb, beta, C + i0 * ldc, ldc);
+    } else {
+      const T* b = tb ? B + i0 * ldb : B + i0;  // columns of op(B)
+      gemm(ta, tb, M, len, K, T(1), A, lda, b, ldb, beta, C + i0, ldc);
+    }
   }
-}
+};
 
 // ---------------------------------------------------------------------------
 // forward epilogue: v = y + b; z = v (if saved); y = act(v)
@@ -256,9 +272,28 @@ void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T
   }
   const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
   // dw (in, out) = x^T (in, B) @ g (B, out)
-  tiled_gemm(true, false, in, out, B, x, ld_in, g, ld_out, accumulate ? T(1) : T(0), dw, ld_out);
-  // dx (B, in) = g (B, out) @ w^T (out, in)
-  if (dx) tiled_gemm(false, true, B, in, out, g, ld_out, w, ld_out, T(0), dx, ld_in);
+  const GemmTiles<T> gw{true, false, in, out, B, x, ld_in, g, ld_out, accumulate ? T(1) : T(0),
+                        dw, ld_out};
+  if (!dx) {
+    for_tiles(gw.count(), gw.flops(), [&](int64_t t) { gw.run(t); });
+    return;
+  }
+  // dx (B, in) = g (B, out) @ w^T (out, in). Both GEMMs' tiles go to the
+  // threads as one list, with no barrier between the GEMMs; the two run at
+  // different speeds (K is the batch for dw, the layer's width for dx), so
+  // each thread takes the next tile when done with one.
+  const GemmTiles<T> gx{false, true, B, in, out, g, ld_out, w, ld_out, T(0), dx, ld_in};
+  const int64_t nw = gw.count();
+  for_tiles(
+      nw + gx.count(), gw.flops() + gx.flops(),
+      [&](int64_t t) {
+        if (t < nw) {
+          gw.run(t);
+        } else {
+          gx.run(t - nw);
+        }
+      },
+      true);
 }
 
 }  // namespace

@@ -40,6 +40,8 @@ def _reduction(value) -> str:
 
 
 def _integer(name: str, value, low: int, high: int) -> int:
+    if type(value) is int and low <= value < high:  # fast path: runs on every batch
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int; received {type(value).__name__} {value!r}")
     v = int(value)

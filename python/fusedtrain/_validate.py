@@ -137,6 +137,8 @@ def grad_scale(value) -> float:
 
 
 def uint64(name: str, value) -> int:
+    if type(value) is int and 0 <= value < 2**64:  # fast path: dropout's seed, every batch
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int in [0, 2**64); received {type(value).__name__} {value!r}")
     if not 0 <= value < 2**64:
