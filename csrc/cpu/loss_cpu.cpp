@@ -158,6 +158,8 @@ FT_INLINE T row_max(const T* x, int64_t c) {
   int64_t k = 0;
   for (; k + kMaxLanes <= c; k += kMaxLanes)
     for (int j = 0; j < kMaxLanes; ++j) acc[j] = x[k + j] > acc[j] ? x[k + j] : acc[j];
+  for (; k + kLanes <= c; k += kLanes)  // then whole groups of 16, then one at a time
+    for (int j = 0; j < kLanes; ++j) acc[j] = x[k + j] > acc[j] ? x[k + j] : acc[j];
   for (; k < c; ++k) m = x[k] > m ? x[k] : m;
   for (int j = 0; j < kMaxLanes; ++j) m = acc[j] > m ? acc[j] : m;
   return m;
@@ -182,27 +184,47 @@ FT_INLINE double lanes_sum(const T* v, int64_t c) {
   return lane_sum(acc) + ((t[0] + t[1]) + (t[2] + t[3]));
 }
 
-// g[k] = exp(x[k] - m) and the sum of the g[k] as lanes_sum(g, c) adds
-// them (the same lanes and chains, so the same double), in one loop. x may
-// be g (each element is read before it is written).
+// g[k] = exp(x[k] - m) for the 16 elements of one group, each added to its
+// lane of f
+template <typename T>
+FT_INLINE void exp_group(const T* x, T* g, T m, T* f) {
+  for (int j = 0; j < kLanes; ++j) {
+    const T e = ft_exp_nonpos(x[j] - m);
+    g[j] = e;
+    f[j] += e;
+  }
+}
+
+// g[k] = exp(x[k] - m) and the sum of the g[k], in one loop (long rows). x
+// may be g (each element is read before it is written). Element k goes to
+// lane k % 16; the lanes add in T over blocks of kSumBlock elements (float
+// additions run at twice the rate of conversions and double additions; a
+// lane's error then stays within 16 roundings) and each block's lanes into
+// double lanes. The last c % 16 elements run as one more group, padded with
+// -inf (exp gives 0, which adds nothing), instead of one exponential at a time.
+constexpr int64_t kSumBlock = 256;
+
 template <typename T>
 FT_INLINE double exp_lanes_sum(const T* x, T* g, T m, int64_t c) {
   double acc[kLanes];
   for (int j = 0; j < kLanes; ++j) acc[j] = 0.0;
-  int64_t k = 0;
-  for (; k + kLanes <= c; k += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const T e = ft_exp_nonpos(x[k + j] - m);
-      g[k + j] = e;
-      acc[j] += double(e);
+  const int64_t whole = c / kLanes * kLanes;
+  for (int64_t k0 = 0; k0 < c; k0 += kSumBlock) {
+    T f[kLanes];
+    for (int j = 0; j < kLanes; ++j) f[j] = T(0);
+    const int64_t k1 = std::min(whole, k0 + kSumBlock);
+    for (int64_t k = k0; k < k1; k += kLanes) exp_group(x + k, g + k, m, f);
+    if (k1 < k0 + kSumBlock && whole < c) {  // the last block: the tail group
+      T xb[kLanes], gb[kLanes];
+      const int64_t rest = c - whole;
+      for (int j = 0; j < kLanes; ++j)
+        xb[j] = j < rest ? x[whole + j] : -std::numeric_limits<T>::infinity();
+      exp_group(xb, gb, m, f);
+      for (int64_t j = 0; j < rest; ++j) g[whole + j] = gb[j];
     }
-  double t[4] = {0.0, 0.0, 0.0, 0.0};
-  for (int j = 0; k < c; ++k, j = (j + 1) & 3) {
-    const T e = ft_exp_nonpos(x[k] - m);
-    g[k] = e;
-    t[j] += double(e);
+    for (int j = 0; j < kLanes; ++j) acc[j] += double(f[j]);
   }
-  return lane_sum(acc) + ((t[0] + t[1]) + (t[2] + t[3]));
+  return lane_sum(acc);
 }
 
 template <ClassWeights CW, typename T>
