@@ -23,8 +23,10 @@ from fusedtrain import _core, ops, reference
 DTYPES = (np.float32, np.float64)
 RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 REDUCTIONS = ("mean", "sum", "none")
-# (N, C): one row, odd sizes, a long row, short rows
-CE_SHAPES = ((1, 1), (1, 7), (7, 33), (33, 7), (3, 1000), (1000, 10))
+# (N, C): one row, odd sizes, a long row, short rows. Float32 rows of up to
+# 16 classes run 16 rows at a time where 16 rows are left (the rest, one at
+# a time): (33, 7), (48, 16), (19, 2) and (1000, 10) take both paths.
+CE_SHAPES = ((1, 1), (1, 7), (7, 33), (33, 7), (3, 1000), (1000, 10), (48, 16), (19, 2))
 
 
 def rng_for(*key) -> np.random.Generator:
@@ -193,10 +195,12 @@ def test_ce_empty_batch(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dname)
-def test_ce_large_logits_finite(dtype):
+@pytest.mark.parametrize("tiles", [1, 11], ids=["3rows", "33rows"])
+def test_ce_large_logits_finite(dtype, tiles):
     x = np.array([[1e4, -1e4, 0.0, 5e3], [-1e4, -1e4, -1e4, -1e4], [1e4, 1e4, -1e4, 0.0]],
                  dtype=dtype)
     y = np.array([1, 2, 3])
+    x, y = np.tile(x, (tiles, 1)), np.tile(y, tiles)  # 33 rows: two groups of 16 and one
     w = np.array([1.0, 2.0, 0.5, 1.5], dtype)
     for kw in (dict(), dict(weight=w, label_smoothing=0.3)):
         for reduction in REDUCTIONS:
@@ -213,13 +217,16 @@ def test_ce_large_logits_finite(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=dname)
-def test_ce_nan_propagates(dtype):
-    x, y, w = ce_data(7, 33, dtype)
-    x[2, 5] = np.nan
+@pytest.mark.parametrize("shape,bad", [((7, 33), (2,)), ((40, 10), (2, 17, 37))],
+                         ids=["7x33", "40x10"])
+def test_ce_nan_propagates(dtype, shape, bad):
+    x, y, w = ce_data(*shape, dtype)
+    bad = list(bad)
+    x[bad, 5] = np.nan
     for kw in (dict(), dict(weight=w, label_smoothing=0.1)):
         loss, g = ops.softmax_cross_entropy(x, y, reduction="none", **kw)
-        assert np.isnan(loss[2]) and np.all(np.isfinite(np.delete(loss, 2)))
-        assert np.all(np.isnan(g[2]))
+        assert np.all(np.isnan(loss[bad])) and np.all(np.isfinite(np.delete(loss, bad)))
+        assert np.all(np.isnan(g[bad])) and np.all(np.isfinite(np.delete(g, bad, axis=0)))
         for reduction in ("mean", "sum"):
             assert np.isnan(ops.softmax_cross_entropy(x, y, reduction=reduction, **kw)[0])
 
@@ -340,6 +347,7 @@ def test_elementwise_gradient_finite_differences(kernel, reduction):
 @pytest.mark.parametrize("dtype", DTYPES, ids=dname)
 def test_deterministic_across_threads(dtype, threads_restored):
     x, y, w = ce_data(4099, 33, dtype, ignored=True, key=3)  # > 2 * 32768 elements
+    xs, ys, ws = ce_data(16411, 10, dtype, ignored=True, key=3)  # rows of few classes
     xe, te = ew_data((200003,), dtype, key=3)
     runs = {}
     for nt in (1, 2):
@@ -348,6 +356,9 @@ def test_deterministic_across_threads(dtype, threads_restored):
         for reduction in REDUCTIONS:
             res.append(ops.softmax_cross_entropy(x, y, weight=w, label_smoothing=0.1,
                                                  reduction=reduction))
+            res.append(ops.softmax_cross_entropy(xs, ys, weight=ws, label_smoothing=0.1,
+                                                 reduction=reduction))
+            res.append(ops.softmax_cross_entropy(xs, ys, reduction=reduction))
             res.append(ops.bce_with_logits(xe, te, reduction=reduction))
             res.append(ops.mse(xe, te, reduction=reduction))
         runs[nt] = res

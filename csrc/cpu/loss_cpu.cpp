@@ -7,7 +7,9 @@
 // combined by a fixed tree, so a result does not depend on the SIMD width the
 // compiler picks, and blocks that do not depend on the thread count, so it
 // does not depend on the thread split either. Per-row work runs in tiles of
-// rows (see ce_rows) so that short rows still give long vector loops.
+// rows (see ce_rows) so that short rows still give long vector loops; float32
+// rows of at most 16 classes run 16 rows to a vector where AVX-512 is there
+// (ce_rows_narrow).
 #include "cpu/loss_cpu.h"
 
 #include <omp.h>
@@ -21,6 +23,11 @@
 #include "cpu/philox_cpu.h"
 #include "cpu/simd.h"
 #include "fusedtrain/philox.h"
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#include <immintrin.h>
+#define FT_X86_NARROW_CE 1
+#endif
 
 namespace fusedtrain::cpu {
 
@@ -76,19 +83,23 @@ int64_t ce_prepare_typed(const L* labels, int64_t n, int64_t c, int64_t ignore_i
   std::vector<double> part(size_t(nblocks), 0.0);
   std::vector<int64_t> bad(size_t(nblocks), -1);
   parallel_blocks(nblocks, threads_for(n), [&](int64_t b0, int64_t b1) {
+    // (local copies: through the captured references the compiler reloads
+    // the pointers after every store to index)
+    const L* const lab = labels;
+    int64_t* const idx = index;
     for (int64_t b = b0; b < b1; ++b) {
       double d = 0.0;
       const int64_t hi = std::min(n, (b + 1) * kLabelBlock);
       for (int64_t i = b * kLabelBlock; i < hi; ++i) {
-        const L l = labels[i];
+        const L l = lab[i];
         // unsigned 64-bit labels above INT64_MAX are out of range
         const bool fits = std::is_signed_v<L> || sizeof(L) < 8 ||
                           uint64_t(l) <= uint64_t(std::numeric_limits<int64_t>::max());
         const int64_t y = int64_t(l);
         if (fits && y == ignore_index) {
-          index[i] = -1;
+          idx[i] = -1;
         } else if (fits && y >= 0 && y < c) {
-          index[i] = y;
+          idx[i] = y;
           if constexpr (CW == ClassWeights::On) {
             d += double(weight[y]);
           } else {
@@ -247,6 +258,22 @@ FT_INLINE double lanes_sum_shifted(const T* x, const T* w, T m, int64_t c) {
   return lane_sum(acc) + tail;
 }
 
+// Per row, from its reductions: the loss and the gradient's coefficients
+// (ce_row). One loop without branches, which GCC runs several rows to a
+// vector (ignored rows come with S = 1, w_y = 0).
+template <typename T>
+FT_INLINE void ce_coefficients(int64_t nr, const double* sum_exp, const T* xs_label,
+                               const double* wxs, const double* w_label, const CeScalars& s,
+                               double* loss, T* coef_e, T* coef_y) {
+  for (int64_t i = 0; i < nr; ++i) {
+    const CeRow<T> r =
+        ce_row<T>(sum_exp[i], ft_log_poly(sum_exp[i]), xs_label[i], wxs[i], w_label[i], s);
+    loss[i] = r.loss;
+    coef_e[i] = r.coef_e;
+    coef_y[i] = r.coef_y;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // cross-entropy: the fused rows
 // x, g are (n, c) (g may be x: InPlace, then x is not used), w is (c,),
@@ -328,13 +355,7 @@ FT_CLONES_FMA void ce_rows(const T* __restrict x_in, T* __restrict g_out, const 
         sum_exp[i] = yt[i] < 0 ? 1.0 : exp_lanes_sum(xt + i * c, gt + i * c, row_m[i], c);
     }
     // D
-    for (int64_t i = 0; i < nr; ++i) {
-      const CeRow<T> r =
-          ce_row<T>(sum_exp[i], ft_log_poly(sum_exp[i]), xs_label[i], wxs[i], w_label[i], s);
-      loss[i] = r.loss;
-      coef_e[i] = r.coef_e;
-      coef_y[i] = r.coef_y;
-    }
+    ce_coefficients(nr, sum_exp, xs_label, wxs, w_label, s, loss, coef_e, coef_y);
     // E
     for (int64_t i = 0; i < nr; ++i) {
       T* g = gt + i * c;
@@ -361,6 +382,189 @@ FT_CLONES_FMA void ce_rows(const T* __restrict x_in, T* __restrict g_out, const 
   }
 }
 
+#ifdef FT_X86_NARROW_CE
+// ---------------------------------------------------------------------------
+// cross-entropy, float32 rows of at most 16 classes, on AVX-512: groups of
+// 16 rows (one kCeRowBlock), rows [r0, r1) whole groups.
+//
+// With so few classes ce_rows' per-row steps (max, sum, log, label) cost
+// several times the exponentials. Here they run for 16 rows at once, one
+// row per vector lane:
+//   - a row's reduction: the 16 rows, each loaded into a vector (masked to
+//     its c classes), are reduced together by a transposing tree (16 -> 8 ->
+//     4 -> 2 -> 1 vectors, each step pairing lanes of two vectors), which
+//     leaves row i's result in lane i;
+//   - a row's value at each element: a lane permutation of the 16 rows'
+//     values, whose pattern (row of each element of the flat block) depends
+//     on c only;
+//   - the exponentials and the gradient: ce_rows' per-element math over the
+//     group's 16 c elements as one flat loop.
+// The sums (of exponentials; with smoothing, of w (x - m)) add in float in
+// that fixed tree: the result depends on c and the group, never on the
+// thread count.
+// ---------------------------------------------------------------------------
+constexpr int64_t kNarrowClasses = 16;
+
+#define FT_AVX512 __attribute__((target("avx512f")))
+// GCC 12 warns inside its own AVX-512 headers (an "undefined" vector the
+// intrinsics start from: GCC bug 105593)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+// Index vectors of the transposing tree's step of half-width h (8, 4, 2, 1):
+// inputs a, b hold 16 / (2h) rows of 2h lanes each; the output holds a's
+// rows, then b's, h lanes each, lane q of a row combining its lanes q and
+// q + h (lo picks the first, hi the second; 16 + k is lane k of b).
+struct TreeIndex {
+  __m512i lo[4], hi[4];
+};
+
+FT_AVX512 TreeIndex make_tree_index() {
+  TreeIndex t;
+  for (int s = 0; s < 4; ++s) {
+    const int h = 8 >> s, rows = 16 / (2 * h);
+    alignas(64) int32_t lo[16], hi[16];
+    for (int r = 0; r < 2 * rows; ++r)
+      for (int q = 0; q < h; ++q) {
+        const int src = (r < rows ? 0 : 16) + (r % rows) * 2 * h + q;
+        lo[r * h + q] = src;
+        hi[r * h + q] = src + h;
+      }
+    t.lo[s] = _mm512_load_si512(lo);
+    t.hi[s] = _mm512_load_si512(hi);
+  }
+  return t;
+}
+
+// v[0..15] -> lane i = op over the lanes of v[i] (v is overwritten)
+template <bool kMax>
+FT_AVX512 inline __m512 tree_reduce(__m512* v, const TreeIndex& t) {
+  for (int s = 0, n = 16; s < 4; ++s, n /= 2)
+    for (int i = 0; i < n / 2; ++i) {
+      const __m512 lo = _mm512_permutex2var_ps(v[2 * i], t.lo[s], v[2 * i + 1]);
+      const __m512 hi = _mm512_permutex2var_ps(v[2 * i], t.hi[s], v[2 * i + 1]);
+      v[i] = kMax ? _mm512_max_ps(lo, hi) : _mm512_add_ps(lo, hi);
+    }
+  return v[0];
+}
+
+// lanes 8..15 (AVX-512F has no float extract of 8 lanes: DQ's)
+FT_AVX512 inline __m256 upper_half(__m512 v) {
+  return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+}
+
+template <Smoothing SM, ClassWeights CW, bool InPlace, bool PerRow>
+FT_AVX512 void ce_rows_narrow(const float* __restrict x_in, float* __restrict g_out,
+                              const float* __restrict w, const int64_t* __restrict index,
+                              float* __restrict loss_rows, double* __restrict partials,
+                              int64_t r0, int64_t r1, int64_t c, const CeScalars s) {
+  constexpr int kG = int(kCeRowBlock);  // rows per group: one row per lane
+  static_assert(kG == 16 && kLanes == 16, "one row per lane of a 16-float vector");
+  const TreeIndex tree = make_tree_index();
+  const __mmask16 cmask = __mmask16((1u << c) - 1u);
+  const int64_t len = kG * c;  // elements of a group, c vectors
+  // the row (and the class) of each element of a group's flat block
+  __m512i row_of[kNarrowClasses], class_of[kNarrowClasses];
+  for (int64_t v = 0; v < c; ++v) {
+    alignas(64) int32_t ro[16], co[16];
+    for (int j = 0; j < 16; ++j) {
+      ro[j] = int32_t((16 * v + j) / c);
+      co[j] = int32_t((16 * v + j) % c);
+    }
+    row_of[v] = _mm512_load_si512(ro);
+    class_of[v] = _mm512_load_si512(co);
+  }
+  const __m512 wv = CW == ClassWeights::On ? _mm512_maskz_loadu_ps(cmask, w) : _mm512_set1_ps(1.0f);
+  const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const float coef_w = float(s.eps_over_c * s.scale);
+  alignas(64) float shift[kG * kNarrowClasses], m16[kG], xs_label[kG], coef_e[kG];
+  alignas(64) double sum_exp[kG], wxs[kG] = {}, w_label[kG], loss[kG];
+  float coef_y[kG];
+  __m512 v[kG];
+  for (int64_t g0 = r0; g0 < r1; g0 += kG) {
+    const float* xg = (InPlace ? g_out : x_in) + g0 * c;
+    float* gg = g_out + g0 * c;
+    const int64_t* yg = index + g0;
+    // row maxima (lanes past c read as -inf)
+    for (int i = 0; i < kG; ++i) v[i] = _mm512_mask_loadu_ps(ninf, cmask, xg + i * c);
+    const __m512 m = tree_reduce<true>(v, tree);
+    _mm512_store_ps(m16, m);
+    // with smoothing, sum_c w_c (x_c - m) (lanes past c are 0)
+    __m512 wxs_f = _mm512_setzero_ps();
+    if constexpr (SM == Smoothing::On) {
+      for (int i = 0; i < kG; ++i) {
+        const __m512 xs = _mm512_maskz_sub_ps(cmask, _mm512_maskz_loadu_ps(cmask, xg + i * c),
+                                              _mm512_set1_ps(m16[i]));
+        v[i] = CW == ClassWeights::On ? _mm512_mul_ps(wv, xs) : xs;
+      }
+      wxs_f = tree_reduce<false>(v, tree);
+    }
+    // the label's logit (before an in-place pass overwrites it)
+    bool any_ignored = false;
+    for (int i = 0; i < kG; ++i) {
+      const int64_t y = yg[i];
+      any_ignored |= y < 0;
+      xs_label[i] = y < 0 ? 0.0f : xg[i * c + y] - m16[i];
+      w_label[i] = y < 0 ? 0.0 : CW == ClassWeights::On ? double(w[y]) : 1.0;
+    }
+    // exponentials over the flat block, each element shifted by its row's max
+    for (int64_t k = 0; k < c; ++k)
+      _mm512_store_ps(shift + 16 * k, _mm512_permutexvar_ps(row_of[k], m));
+    for (int64_t k = 0; k < len; ++k) gg[k] = ft_exp_nonpos(xg[k] - shift[k]);
+    // their row sums (lanes past c are 0), in double from here on
+    for (int i = 0; i < kG; ++i) v[i] = _mm512_maskz_loadu_ps(cmask, gg + i * c);
+    const __m512 sums = tree_reduce<false>(v, tree);
+    _mm512_store_pd(sum_exp, _mm512_cvtps_pd(_mm512_castps512_ps256(sums)));
+    _mm512_store_pd(sum_exp + 8, _mm512_cvtps_pd(upper_half(sums)));
+    if constexpr (SM == Smoothing::On) {
+      _mm512_store_pd(wxs, _mm512_cvtps_pd(_mm512_castps512_ps256(wxs_f)));
+      _mm512_store_pd(wxs + 8, _mm512_cvtps_pd(upper_half(wxs_f)));
+    }
+    if (any_ignored) {  // ignored rows: S = 1, no smoothing term (and w_y = 0 above)
+      for (int i = 0; i < kG; ++i)
+        if (yg[i] < 0) {
+          sum_exp[i] = 1.0;
+          wxs[i] = 0.0;
+        }
+    }
+    // per row: loss and gradient coefficients
+    ce_coefficients(kG, sum_exp, xs_label, wxs, w_label, s, loss, coef_e, coef_y);
+    // gradient: e * coef_e (- coef_w * w_c), the label's element less coef_y
+    const __m512 ce16 = _mm512_load_ps(coef_e);
+    for (int64_t k = 0; k < c; ++k) {
+      __m512 gk = _mm512_mul_ps(_mm512_loadu_ps(gg + 16 * k), _mm512_permutexvar_ps(row_of[k], ce16));
+      if constexpr (SM == Smoothing::On)
+        gk = _mm512_sub_ps(gk, _mm512_mul_ps(_mm512_set1_ps(coef_w),
+                                             _mm512_permutexvar_ps(class_of[k], wv)));
+      _mm512_storeu_ps(gg + 16 * k, gk);
+    }
+    double block_sum = 0.0;
+    for (int i = 0; i < kG; ++i) {
+      const int64_t y = yg[i];
+      float* gr = gg + i * c;
+      if (y < 0) {
+        for (int64_t k = 0; k < c; ++k) gr[k] = 0.0f;
+      } else {
+        gr[y] = gr[y] - coef_y[i];
+      }
+      if constexpr (PerRow) {
+        loss_rows[g0 + i] = float(loss[i]);
+      } else {
+        block_sum += loss[i];
+      }
+    }
+    if constexpr (!PerRow) partials[g0 / kCeRowBlock] = block_sum;
+  }
+}
+
+#pragma GCC diagnostic pop
+
+bool narrow_ce_supported() {
+  static const bool ok = __builtin_cpu_supports("avx512f");
+  return ok;
+}
+#endif  // FT_X86_NARROW_CE
+
 template <typename T, Smoothing SM, ClassWeights CW, bool InPlace, bool PerRow>
 double ce_run(const CeArgs& a, const int64_t* index, double denom) {
   const CeScalars s = [&] {
@@ -374,9 +578,22 @@ double ce_run(const CeArgs& a, const int64_t* index, double denom) {
   const int64_t nblocks = (a.n + kCeRowBlock - 1) / kCeRowBlock;
   std::vector<double> partials(PerRow ? 0 : size_t(nblocks), 0.0);
   parallel_blocks(nblocks, threads_for(a.n * a.c), [&](int64_t b0, int64_t b1) {
-    ce_rows<SM, CW, InPlace, PerRow, T>(at<T>(a.logits), at<T>(a.out), at<T>(a.weight), index,
-                                        at<T>(a.loss_rows), partials.data(), b0 * kCeRowBlock,
-                                        std::min(a.n, b1 * kCeRowBlock), a.c, s);
+    int64_t r0 = b0 * kCeRowBlock;
+    const int64_t r1 = std::min(a.n, b1 * kCeRowBlock);
+#ifdef FT_X86_NARROW_CE
+    if constexpr (std::is_same_v<T, float>) {
+      if (a.c <= kNarrowClasses && narrow_ce_supported()) {  // whole groups of 16 rows
+        const int64_t r_whole = r0 + (r1 - r0) / kCeRowBlock * kCeRowBlock;
+        ce_rows_narrow<SM, CW, InPlace, PerRow>(at<float>(a.logits), at<float>(a.out),
+                                                at<float>(a.weight), index, at<float>(a.loss_rows),
+                                                partials.data(), r0, r_whole, a.c, s);
+        r0 = r_whole;
+      }
+    }
+#endif
+    if (r0 < r1)
+      ce_rows<SM, CW, InPlace, PerRow, T>(at<T>(a.logits), at<T>(a.out), at<T>(a.weight), index,
+                                          at<T>(a.loss_rows), partials.data(), r0, r1, a.c, s);
   });
   if (PerRow) return 0.0;
   double total = 0.0;
