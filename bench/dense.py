@@ -17,9 +17,11 @@ forward  (y = relu(x @ w + b), x (B, in), w (in, out), b (out,))
 * ``torch``           torch.relu(nn.Linear(x)) under torch.no_grad()
 
 backward (dy (B, out) given, saved = y)
-* ``fusedtrain``      ops.dense_backward(dy, x, w, y, "relu", dw_out=, db_out=):
-                      one pass dz = dy * (y > 0) with db, then dw = x.T @ dz
-                      and dx = dz @ w.T (dx allocated by the call)
+* ``fusedtrain``      ops.dense_backward(dy, x, w, y, "relu", dw_out=, db_out=,
+                      dx_out=, workspace=): one pass dz = dy * (y > 0) with db,
+                      then dw = x.T @ dz and dx = dz @ w.T, every output and
+                      the dz scratch preallocated (as fusedtrain.nn's layers
+                      call it, and as the sgemms below write theirs)
 * ``sgemm``           the two bare sgemms alone (dw = x.T @ dy, dx = dy @ w.T)
                       through ctypes into preallocated outputs. The target.
 * ``ft identity``     ops.dense_backward(dy, x, w, None, "identity", ...): the
@@ -214,12 +216,15 @@ class Case:
         dw = {n: np.zeros((n_in, n_out), F32) for n in (FT, SGEMM, IDENT)}
         db = {n: np.zeros(n_out, F32) for n in (FT, IDENT)}
         dx_sg = np.zeros((B, n_in), F32)
+        dx = {n: np.zeros((B, n_in), F32) for n in (FT, IDENT)}
+        dz_ws = np.zeros((B, n_out), F32)
         last = {}
         sg_dw = self.sgemm.bind(True, False, n_in, n_out, B, x, n_in, dy, n_out, dw[SGEMM], n_out)
         sg_dx = self.sgemm.bind(False, True, B, n_in, n_out, dy, n_out, w, n_out, dx_sg, n_in)
 
         def ft():
-            last[FT] = ops.dense_backward(dy, x, w, y, "relu", dw_out=dw[FT], db_out=db[FT])
+            last[FT] = ops.dense_backward(dy, x, w, y, "relu", dw_out=dw[FT], db_out=db[FT],
+                                          dx_out=dx[FT], workspace=dz_ws)
 
         def sgemm2():
             sg_dw()
@@ -227,7 +232,7 @@ class Case:
 
         def ident():
             last[IDENT] = ops.dense_backward(dy, x, w, None, "identity", dw_out=dw[IDENT],
-                                             db_out=db[IDENT])
+                                             db_out=db[IDENT], dx_out=dx[IDENT])
 
         def numpy_bwd():
             dz = dy * (y > 0)
@@ -403,11 +408,11 @@ def call_overheads(sgemm: Sgemm):
     forward (identity) and backward (identity), medians in ns."""
     a = np.ones((1, 1), F32)
     c = np.zeros((1, 1), F32)
-    dw, db = np.zeros((1, 1), F32), np.zeros(1, F32)
+    dw, db, dx = np.zeros((1, 1), F32), np.zeros(1, F32), np.zeros((1, 1), F32)
     comp = {"sgemm 1x1x1 (ctypes)": sgemm.bind(False, False, 1, 1, 1, a, 1, a, 1, c, 1),
             "fusedtrain forward 1x1x1 identity": lambda: ops.dense_forward(a, a, None, out=c),
             "fusedtrain backward 1x1x1 identity":
-                lambda: ops.dense_backward(a, a, a, None, dw_out=dw, db_out=db),
+                lambda: ops.dense_backward(a, a, a, None, dw_out=dw, db_out=db, dx_out=dx),
             "fusedtrain forward 1x1x1 relu": lambda: ops.dense_forward(a, a, db, "relu", out=c)}
     st = H.measure({k: repeat(v, 100) for k, v in comp.items()}, repeats=200, warmup=3)
     return {k: v["median_ns"] / 100 for k, v in st.items()}

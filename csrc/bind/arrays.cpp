@@ -35,27 +35,27 @@ bool native_order(const py::array& a) {
   return bo != kSwapped;
 }
 
-py::array as_array(const std::string& name, py::handle h) {
+py::array as_array(std::string_view name, py::handle h) {
   if (!py::isinstance<py::array>(h))
     throw py::type_error(name + ": expected a numpy.ndarray, received " + type_name(h));
   return py::reinterpret_borrow<py::array>(h);
 }
 
-int float_dtype(const std::string& name, const py::array& a) {
+int float_dtype(std::string_view name, const py::array& a) {
   const int num = a.dtype().num();
   if ((num != f32_num() && num != f64_num()) || !native_order(a))
     throw py::type_error(name + ": expected dtype float32 or float64, received " + dtype_str(a));
   return num;
 }
 
-void same_dtype(const std::string& name, const py::array& a, int num, const std::string& why) {
+void same_dtype(std::string_view name, const py::array& a, int num, std::string_view why) {
   if (a.dtype().num() != num || !native_order(a))
     throw py::type_error(name + ": expected dtype " +
                          std::string(py::str(py::dtype(num))) + " (" + why + "), received " +
                          dtype_str(a));
 }
 
-void contiguous(const std::string& name, const py::array& a, bool writable) {
+void contiguous(std::string_view name, const py::array& a, bool writable) {
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(name +
                           ": expected a C-contiguous array, received a non-contiguous view "
@@ -68,13 +68,13 @@ void contiguous(const std::string& name, const py::array& a, bool writable) {
                           "read-only array");
 }
 
-void ndim_is(const std::string& name, const py::array& a, int ndim) {
+void ndim_is(std::string_view name, const py::array& a, int ndim) {
   if (a.ndim() != ndim)
     throw py::value_error(name + ": expected a " + std::to_string(ndim) +
                           "-d array, received shape " + shape_str(a));
 }
 
-void shape_is(const std::string& name, const py::array& a,
+void shape_is(std::string_view name, const py::array& a,
               std::initializer_list<py::ssize_t> shape) {
   bool ok = a.ndim() == py::ssize_t(shape.size());
   py::ssize_t d = 0;
@@ -90,7 +90,7 @@ void shape_is(const std::string& name, const py::array& a,
   }
 }
 
-void disjoint(const std::string& name_a, const py::array& a, const std::string& name_b,
+void disjoint(std::string_view name_a, const py::array& a, std::string_view name_b,
               const py::array& b) {
   const auto a0 = uintptr_t(a.data()), a1 = a0 + uintptr_t(a.nbytes());
   const auto b0 = uintptr_t(b.data()), b1 = b0 + uintptr_t(b.nbytes());

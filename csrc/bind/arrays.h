@@ -8,6 +8,9 @@
 
 #include <initializer_list>
 #include <string>
+#include <string_view>
+
+#include "bind/names.h"
 
 namespace fusedtrain {
 namespace bind __attribute__((visibility("hidden"))) {
@@ -40,18 +43,18 @@ int bf16_num();
 bool native_order(const py::array& a);
 
 // h must be a numpy.ndarray.
-py::array as_array(const std::string& name, py::handle h);
+py::array as_array(std::string_view name, py::handle h);
 // a's dtype must be float32 or float64; returns its type number.
-int float_dtype(const std::string& name, const py::array& a);
+int float_dtype(std::string_view name, const py::array& a);
 // a's dtype must be `num` (`why` says where that dtype comes from, e.g. "the dtype of x").
-void same_dtype(const std::string& name, const py::array& a, int num, const std::string& why);
+void same_dtype(std::string_view name, const py::array& a, int num, std::string_view why);
 // C-contiguous and aligned; writable too when `writable`.
-void contiguous(const std::string& name, const py::array& a, bool writable);
+void contiguous(std::string_view name, const py::array& a, bool writable);
 // a.shape must equal `shape`.
-void shape_is(const std::string& name, const py::array& a, std::initializer_list<py::ssize_t> shape);
-void ndim_is(const std::string& name, const py::array& a, int ndim);
+void shape_is(std::string_view name, const py::array& a, std::initializer_list<py::ssize_t> shape);
+void ndim_is(std::string_view name, const py::array& a, int ndim);
 // a and b must not share memory (an output overlapping an input).
-void disjoint(const std::string& name_a, const py::array& a, const std::string& name_b,
+void disjoint(std::string_view name_a, const py::array& a, std::string_view name_b,
               const py::array& b);
 
 }  // namespace bind

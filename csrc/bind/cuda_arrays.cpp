@@ -11,7 +11,7 @@ namespace bind {
 
 namespace {
 
-[[noreturn]] void malformed(const std::string& name, const py::handle cai) {
+[[noreturn]] void malformed(std::string_view name, const py::handle cai) {
   throw py::type_error(name +
                        ": expected a __cuda_array_interface__ dict with 'data': (ptr, readonly), "
                        "'shape', 'typestr' and optional 'strides', received " +
@@ -47,7 +47,7 @@ std::string shape_str(const DevArray& a) {
   return out + ")";
 }
 
-std::string dtype_name(const std::string& typestr) {
+std::string dtype_name(std::string_view typestr) {
   if (typestr == "<f4") return "float32";
   if (typestr == "<f8") return "float64";
   if (typestr == "<f2") return "float16";
@@ -59,14 +59,14 @@ std::string dtype_name(const std::string& typestr) {
   }
 }
 
-int64_t itemsize_of(const std::string& typestr) {
+int64_t itemsize_of(std::string_view typestr) {
   if (typestr == "<f4") return 4;
   if (typestr == "<f8") return 8;
   return typestr == "<f2" || typestr == "<V2" ? 2 : 0;
 }
 
 
-void parse(const std::string& name, py::handle h, const std::string& expected, DevArray& a) {
+void parse(std::string_view name, py::handle h, std::string_view expected, DevArray& a) {
   PyObject* raw = PyObject_GetAttrString(h.ptr(), "__cuda_array_interface__");
   if (raw == nullptr) {
     if (!PyErr_ExceptionMatches(PyExc_AttributeError)) throw py::error_already_set();
@@ -147,7 +147,7 @@ void require_device() {
       "); pass NumPy arrays to run on the CPU");
 }
 
-void check_device_memory(const std::string& name, const void* ptr, int device) {
+void check_device_memory(std::string_view name, const void* ptr, int device) {
   const cuda::PointerQuery q = cuda::query_pointer(ptr);
   if (q.error != 0)
     throw py::value_error(name + ": expected GPU memory, cudaPointerGetAttributes failed: " +
@@ -161,7 +161,7 @@ void check_device_memory(const std::string& name, const void* ptr, int device) {
                           std::to_string(q.device));
 }
 
-int64_t typestr_itemsize(const std::string& typestr) {
+int64_t typestr_itemsize(std::string_view typestr) {
   if (typestr.size() < 3) return 0;
   int64_t v = 0;
   for (size_t k = 2; k < typestr.size(); ++k) {
@@ -171,20 +171,20 @@ int64_t typestr_itemsize(const std::string& typestr) {
   return v;
 }
 
-void float_dtype(const std::string& name, const DevArray& a) {
+void float_dtype(std::string_view name, const DevArray& a) {
   if (a.typestr != "<f4" && a.typestr != "<f8")
     throw py::type_error(name + ": expected dtype float32 or float64, received " +
                          dtype_name(a.typestr));
 }
 
-void same_dtype(const std::string& name, const DevArray& a, const std::string& typestr,
-                const std::string& why) {
+void same_dtype(std::string_view name, const DevArray& a, std::string_view typestr,
+                std::string_view why) {
   if (a.typestr != typestr)
     throw py::type_error(name + ": expected dtype " + dtype_name(typestr) + " (" + why +
                          "), received " + dtype_name(a.typestr));
 }
 
-void contiguous(const std::string& name, const DevArray& a, bool writable) {
+void contiguous(std::string_view name, const DevArray& a, bool writable) {
   if (!a.contiguous)
     throw py::value_error(name +
                           ": expected a C-contiguous array, received a non-contiguous view "
@@ -198,13 +198,13 @@ void contiguous(const std::string& name, const DevArray& a, bool writable) {
                           "read-only array");
 }
 
-void ndim_is(const std::string& name, const DevArray& a, int ndim) {
+void ndim_is(std::string_view name, const DevArray& a, int ndim) {
   if (a.ndim != ndim)
     throw py::value_error(name + ": expected a " + std::to_string(ndim) +
                           "-d array, received shape " + shape_str(a));
 }
 
-void shape_is(const std::string& name, const DevArray& a, std::initializer_list<int64_t> shape) {
+void shape_is(std::string_view name, const DevArray& a, std::initializer_list<int64_t> shape) {
   bool ok = a.ndim == int(shape.size());
   int d = 0;
   for (auto it = shape.begin(); ok && it != shape.end(); ++it, ++d) ok = a.shape[d] == *it;
@@ -218,14 +218,14 @@ void shape_is(const std::string& name, const DevArray& a, std::initializer_list<
   }
 }
 
-void same_shape_as(const std::string& name, const DevArray& a, const std::string& ref_name,
+void same_shape_as(std::string_view name, const DevArray& a, std::string_view ref_name,
                    const DevArray& ref) {
   if (!same_shape(a, ref))
     throw py::value_error(name + ": expected shape " + shape_str(ref) + " (the shape of " +
                           ref_name + "), received " + shape_str(a));
 }
 
-void disjoint(const std::string& name_a, const DevArray& a, const std::string& name_b,
+void disjoint(std::string_view name_a, const DevArray& a, std::string_view name_b,
               const DevArray& b) {
   const uintptr_t a0 = a.ptr, a1 = a0 + uintptr_t(nbytes(a));
   const uintptr_t b0 = b.ptr, b1 = b0 + uintptr_t(nbytes(b));
@@ -242,7 +242,7 @@ void on_current_device(std::initializer_list<std::pair<const char*, const DevArr
 }
 
 py::object make_output(py::handle empty, const char* name, const py::tuple& shape,
-                       const std::string& typestr, DevArray& a) {
+                       std::string_view typestr, DevArray& a) {
   py::object o = empty(shape, typestr);
   parse(name, o, "a GPU array from the allocator", a);
   if (a.typestr != typestr || !a.contiguous || a.readonly)

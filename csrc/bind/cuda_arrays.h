@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <string_view>
+
+#include "bind/names.h"
 #include <utility>
 
 namespace fusedtrain {
@@ -35,14 +38,14 @@ std::string type_name(py::handle h);
 std::string shape_str(const DevArray& a);
 // '<f4' -> float32 as NumPy names it ('<V2' -> bfloat16); the raw typestr when
 // NumPy cannot parse it.
-std::string dtype_name(const std::string& typestr);
+std::string dtype_name(std::string_view typestr);
 // The optimizer dtypes' item sizes: 4 for '<f4', 8 for '<f8', 2 for '<f2' and
 // '<V2' (bfloat16), 0 for anything else.
-int64_t itemsize_of(const std::string& typestr);
+int64_t itemsize_of(std::string_view typestr);
 
 // Reads h.__cuda_array_interface__ into `a`. Raises TypeError naming `name`
 // when h has none (`expected` says what was expected) or it is malformed.
-void parse(const std::string& name, py::handle h, const std::string& expected, DevArray& a);
+void parse(std::string_view name, py::handle h, std::string_view expected, DevArray& a);
 bool same_shape(const DevArray& a, const DevArray& b);
 
 // A GPU is usable (queried once).
@@ -51,29 +54,29 @@ bool has_device();
 void require_device();
 // `ptr` must be device (or managed) memory of `device`; raises ValueError
 // naming `name` otherwise. Only meaningful where has_device().
-void check_device_memory(const std::string& name, const void* ptr, int device);
+void check_device_memory(std::string_view name, const void* ptr, int device);
 
 // ---------------------------------------------------------------------------
 // single-array checks (the loss, dropout and dense bindings), with the
 // messages of bind/arrays.h
 // ---------------------------------------------------------------------------
 // Bytes per element of any typestr ('<f4' -> 4, '|b1' -> 1); 0 when unreadable.
-int64_t typestr_itemsize(const std::string& typestr);
+int64_t typestr_itemsize(std::string_view typestr);
 inline int64_t nbytes(const DevArray& a) { return a.numel * typestr_itemsize(a.typestr); }
 // a's dtype must be float32 or float64.
-void float_dtype(const std::string& name, const DevArray& a);
+void float_dtype(std::string_view name, const DevArray& a);
 // a's dtype must be `typestr` (`why` says where that dtype comes from).
-void same_dtype(const std::string& name, const DevArray& a, const std::string& typestr,
-                const std::string& why);
+void same_dtype(std::string_view name, const DevArray& a, std::string_view typestr,
+                std::string_view why);
 // C-contiguous and aligned; writable too when `writable`.
-void contiguous(const std::string& name, const DevArray& a, bool writable);
-void shape_is(const std::string& name, const DevArray& a, std::initializer_list<int64_t> shape);
-void ndim_is(const std::string& name, const DevArray& a, int ndim);
+void contiguous(std::string_view name, const DevArray& a, bool writable);
+void shape_is(std::string_view name, const DevArray& a, std::initializer_list<int64_t> shape);
+void ndim_is(std::string_view name, const DevArray& a, int ndim);
 // a.shape must equal ref.shape (`ref_name` says whose shape that is).
-void same_shape_as(const std::string& name, const DevArray& a, const std::string& ref_name,
+void same_shape_as(std::string_view name, const DevArray& a, std::string_view ref_name,
                    const DevArray& ref);
 // a and b must not share memory (an output overlapping an input).
-void disjoint(const std::string& name_a, const DevArray& a, const std::string& name_b,
+void disjoint(std::string_view name_a, const DevArray& a, std::string_view name_b,
               const DevArray& b);
 // Where a GPU is present: every non-empty array of the call lives on the
 // current device (so arrays on two devices raise before anything runs).
@@ -86,7 +89,7 @@ void on_current_device(std::initializer_list<std::pair<const char*, const DevArr
 // A new output from `empty(shape, typestr)`, parsed into `a` and checked to be
 // what was asked for.
 py::object make_output(py::handle empty, const char* name, const py::tuple& shape,
-                       const std::string& typestr, DevArray& a);
+                       std::string_view typestr, DevArray& a);
 // At least `bytes` writable bytes from `workspace(bytes)`, aligned to `align`;
 // `keep` holds the array while it is used.
 void* make_workspace(py::handle workspace, size_t bytes, uintptr_t align, py::object& keep);

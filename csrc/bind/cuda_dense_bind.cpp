@@ -36,8 +36,8 @@ Act act_from(int code) {
 
 // A 2-d C-contiguous float matrix argument, of dtype `typestr` (any float
 // dtype when empty).
-DevArray matrix(const std::string& name, py::handle h, const std::string& first,
-                const std::string& typestr, bool writable) {
+DevArray matrix(std::string_view name, py::handle h, std::string_view first,
+                std::string_view typestr, bool writable) {
   DevArray a;
   parse(name, h, first.empty() ? std::string(kFirstGpu) : "a GPU array like " + first, a);
   if (typestr.empty()) {
@@ -61,8 +61,8 @@ py::tuple shape_tuple(int64_t rows, int64_t cols) {
 
 // An output: the given array checked against its expected shape (returned
 // in `a`, the object in `o`), or none yet (allocated after all checks).
-bool given_output(const std::string& name, py::handle h, const std::string& first,
-                  const std::string& typestr, int64_t rows, int64_t cols, DevArray& a) {
+bool given_output(std::string_view name, py::handle h, std::string_view first,
+                  std::string_view typestr, int64_t rows, int64_t cols, DevArray& a) {
   if (h.is_none()) return false;
   parse(name, h, "a GPU array like " + first, a);
   // "of x" in the backward pass too (x has dy's dtype), as bind/dense_bind.cpp says it
@@ -77,7 +77,7 @@ bool given_output(const std::string& name, py::handle h, const std::string& firs
 }
 
 py::object allocate(py::handle empty, const char* name, int64_t rows, int64_t cols,
-                    const std::string& typestr, DevArray& a) {
+                    std::string_view typestr, DevArray& a) {
   return make_output(empty, name, shape_tuple(rows, cols), typestr, a);
 }
 
@@ -167,7 +167,7 @@ void bind_cuda_dense(py::module_& m) {
         const Act act = act_from(act_code);
         // dy is (B, out), x (B, in), w (in, out), saved (B, out)
         const DevArray dy = matrix("dy", dy_h, "", "", false);
-        const std::string& ts = dy.typestr;
+        std::string_view ts = dy.typestr;
         const DevArray x = matrix("x", x_h, "dy", ts, false);
         const DevArray w = matrix("w", w_h, "dy", ts, false);
         const int64_t B = dy.shape[0], out = dy.shape[1], in = x.shape[1];
@@ -283,7 +283,7 @@ PYBIND11_MODULE(_cuda_blas, m) {
       "Scratch bytes of one dense call: cuBLASLt's, plus the bias-gradient partial sums.");
   m.def(
       "gemm_plan",
-      [](const std::string& which, int64_t B, int64_t in, int64_t out) {
+      [](std::string_view which, int64_t B, int64_t in, int64_t out) {
         const cuda::DenseGemm g = which == "forward" ? cuda::DenseGemm::Forward
                                   : which == "dw"    ? cuda::DenseGemm::Dw
                                   : which == "dx"    ? cuda::DenseGemm::Dx

@@ -27,9 +27,9 @@ namespace {
 
 const char* const kFirstGpu = "a GPU array (an object with __cuda_array_interface__)";
 
-std::string like(const std::string& first) { return "a GPU array like " + first; }
+std::string like(std::string_view first) { return "a GPU array like " + first; }
 
-Reduction parse_reduction(const std::string& r) {
+Reduction parse_reduction(std::string_view r) {
   if (r == "mean") return Reduction::Mean;
   if (r == "sum") return Reduction::Sum;
   if (r == "none") return Reduction::None;
@@ -68,7 +68,7 @@ py::object reduced_or(Reduction r, const cuda::LossResult& res, const py::object
 
 // Labels: any integer dtype, little-endian or single-byte ('<i8', '|u1', ...).
 cuda::LabelDesc label_desc(const DevArray& labels) {
-  const std::string& ts = labels.typestr;
+  std::string_view ts = labels.typestr;
   const int64_t size = typestr_itemsize(ts);
   const bool order_ok = ts.size() >= 3 && (ts[0] == '<' || (ts[0] == '|' && size == 1));
   if (!order_ok || (ts[1] != 'i' && ts[1] != 'u') ||
@@ -82,7 +82,7 @@ cuda::LabelDesc label_desc(const DevArray& labels) {
 using ElementwiseLaunch = cuda::LossResult (*)(const void*, const void*, void*, void*, int64_t,
                                                Reduction, cuda::DType, void*, void*);
 py::object elementwise_loss(const char* in_name, py::handle in_h, const char* ref_name,
-                            py::handle ref_h, const std::string& reduction, py::handle empty,
+                            py::handle ref_h, std::string_view reduction, py::handle empty,
                             py::handle workspace, bool dry_run, uintptr_t stream,
                             ElementwiseLaunch launch) {
   const Reduction red = parse_reduction(reduction);
@@ -119,7 +119,7 @@ void bind_cuda_loss(py::module_& m) {
   m.def(
       "softmax_cross_entropy",
       [](py::handle logits_h, py::handle labels_h, py::handle weight_h, py::handle out_h,
-         int64_t ignore_index, double label_smoothing, const std::string& reduction,
+         int64_t ignore_index, double label_smoothing, std::string_view reduction,
          py::handle empty, py::handle workspace, bool dry_run, uintptr_t stream) -> py::object {
         const Reduction red = parse_reduction(reduction);
         DevArray logits, labels, weight, out;
@@ -202,7 +202,7 @@ void bind_cuda_loss(py::module_& m) {
 
   m.def(
       "bce_with_logits",
-      [](py::handle logits, py::handle targets, const std::string& reduction, py::handle empty,
+      [](py::handle logits, py::handle targets, std::string_view reduction, py::handle empty,
          py::handle workspace, bool dry_run, uintptr_t stream) {
         return elementwise_loss("logits", logits, "targets", targets, reduction, empty, workspace,
                                 dry_run, stream, cuda::bce_with_logits);
@@ -213,7 +213,7 @@ void bind_cuda_loss(py::module_& m) {
 
   m.def(
       "mse",
-      [](py::handle pred, py::handle target, const std::string& reduction, py::handle empty,
+      [](py::handle pred, py::handle target, std::string_view reduction, py::handle empty,
          py::handle workspace, bool dry_run, uintptr_t stream) {
         return elementwise_loss("pred", pred, "target", target, reduction, empty, workspace,
                                 dry_run, stream, cuda::mse);

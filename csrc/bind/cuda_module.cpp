@@ -51,7 +51,7 @@ struct CheckedList {
 
 // The optimizer dtypes' typestrs: bfloat16 is '<V2', as torch and ml_dtypes
 // export it.
-bool dtype_of(const std::string& typestr, cuda::DType& out) {
+bool dtype_of(std::string_view typestr, cuda::DType& out) {
   if (typestr == "<f4") out = cuda::DType::F32;
   else if (typestr == "<f8") out = cuda::DType::F64;
   else if (typestr == "<f2") out = cuda::DType::F16;
@@ -70,7 +70,7 @@ const char* typestr_of(cuda::DType d) {
   return "";
 }
 
-std::string typestr_name(const std::string& typestr) { return dtype_name(typestr); }
+std::string typestr_name(std::string_view typestr) { return dtype_name(typestr); }
 
 // Checks every slot as bind/tensor_list.cpp checks NumPy lists (same
 // messages): a non-empty list/tuple per slot, all of one length, of
@@ -349,7 +349,7 @@ void bind_cuda_loss(py::module_& m);  // bind/cuda_loss_bind.cpp
 // element. Each entry point ends with `stream`.
 namespace {
 
-double* device_double(const std::string& name, py::handle h, bool writable) {
+double* device_double(std::string_view name, py::handle h, bool writable) {
   DevArray a;
   parse(name, h, "a GPU array (an object with __cuda_array_interface__)", a);
   if (a.typestr != "<f8" || a.numel != 1)

@@ -22,7 +22,7 @@ Act act_from(int code) {
 }
 
 // A 2-d C-contiguous float matrix argument of the call.
-py::array matrix(const std::string& name, py::handle h, int num, const std::string& why,
+py::array matrix(std::string_view name, py::handle h, int num, std::string_view why,
                  bool writable) {
   py::array a = as_array(name, h);
   same_dtype(name, a, num, why);
@@ -35,7 +35,7 @@ py::array matrix(const std::string& name, py::handle h, int num, const std::stri
 }
 
 // An output: the given array checked against its expected shape, or a new one.
-py::array output(const std::string& name, py::handle h, int num, py::ssize_t rows,
+py::array output(std::string_view name, py::handle h, int num, py::ssize_t rows,
                  py::ssize_t cols) {
   if (h.is_none()) {
     if (cols < 0) return py::array(py::dtype(num), std::vector<py::ssize_t>{rows});

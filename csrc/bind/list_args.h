@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <string_view>
+
+#include "bind/names.h"
 #include <utility>
 #include <vector>
 
@@ -50,7 +53,7 @@ inline bool is_narrow(DType d) { return d == DType::F16 || d == DType::BF16; }
 // the null step): their dtype must be float32 or float64. `name` is the
 // first slot's.
 template <class Checked>
-Checked plain_only(Checked c, const std::string& name) {
+Checked plain_only(Checked c, std::string_view name) {
   if (is_narrow(c.dtype))
     throw py::type_error(name + "[0]: expected dtype float32 or float64, received " +
                          dtype_name(c.dtype));
@@ -78,7 +81,7 @@ inline void check_master(DType param, bool has_master) {
 
 // The states' dtype when the first state array has dtype `first` (params of
 // dtype `param`). Raises TypeError naming `name`.
-inline DType state_dtype(DType param, DType first, const std::string& name) {
+inline DType state_dtype(DType param, DType first, std::string_view name) {
   if (!is_narrow(param)) return param;  // checked per array as "the dtype of params[0]"
   if (first != DType::F32 && first != DType::BF16)
     throw py::type_error(name + ": expected dtype float32 or bfloat16 (optimizer states of " +

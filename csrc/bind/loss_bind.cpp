@@ -24,7 +24,7 @@ using cpu::DType;
 
 DType dtype_of(int num) { return num == f32_num() ? DType::F32 : DType::F64; }
 
-Reduction parse_reduction(const std::string& r) {
+Reduction parse_reduction(std::string_view r) {
   if (r == "mean") return Reduction::Mean;
   if (r == "sum") return Reduction::Sum;
   if (r == "none") return Reduction::None;
@@ -36,7 +36,7 @@ std::vector<py::ssize_t> shape_of(const py::array& a) {
 }
 
 // a.shape must equal ref.shape (`ref_name` says whose shape that is).
-void same_shape(const std::string& name, const py::array& a, const std::string& ref_name,
+void same_shape(std::string_view name, const py::array& a, std::string_view ref_name,
                 const py::array& ref) {
   if (shape_of(a) != shape_of(ref))
     throw py::value_error(name + ": expected shape " + shape_str(ref) + " (the shape of " +
@@ -44,15 +44,15 @@ void same_shape(const std::string& name, const py::array& a, const std::string& 
 }
 
 // A float32/float64 C-contiguous input; returns its dtype number.
-int float_input(const std::string& name, const py::array& a) {
+int float_input(std::string_view name, const py::array& a) {
   const int num = float_dtype(name, a);
   contiguous(name, a, false);
   return num;
 }
 
 // An input of the same dtype and shape as `ref`.
-void matching_input(const std::string& name, const py::array& a, int num,
-                    const std::string& ref_name, const py::array& ref) {
+void matching_input(std::string_view name, const py::array& a, int num,
+                    std::string_view ref_name, const py::array& ref) {
   same_dtype(name, a, num, "the dtype of " + ref_name);
   contiguous(name, a, false);
   same_shape(name, a, ref_name, ref);
@@ -80,7 +80,7 @@ py::object reduced_or(Reduction r, double total, const py::array& per_item) {
 using ElementwiseLoss = double (*)(const void*, const void*, void*, void*, int64_t, Reduction,
                                    cpu::DType);
 py::tuple elementwise_loss(const char* in_name, py::handle in_h, const char* ref_name,
-                           py::handle ref_h, const std::string& reduction, ElementwiseLoss kernel) {
+                           py::handle ref_h, std::string_view reduction, ElementwiseLoss kernel) {
   const Reduction red = parse_reduction(reduction);
   const py::array in = as_array(in_name, in_h);
   const int num = float_input(in_name, in);
@@ -108,7 +108,7 @@ void bind_loss(py::module_& m) {
   m.def(
       "softmax_cross_entropy",
       [](py::handle logits_h, py::handle labels_h, py::handle weight_h, py::handle out_h,
-         int64_t ignore_index, double label_smoothing, const std::string& reduction) {
+         int64_t ignore_index, double label_smoothing, std::string_view reduction) {
         const Reduction red = parse_reduction(reduction);
         const py::array logits = as_array("logits", logits_h);
         const int num = float_input("logits", logits);
@@ -183,7 +183,7 @@ void bind_loss(py::module_& m) {
 
   m.def(
       "bce_with_logits",
-      [](py::handle logits, py::handle targets, const std::string& reduction) {
+      [](py::handle logits, py::handle targets, std::string_view reduction) {
         return elementwise_loss("logits", logits, "targets", targets, reduction,
                                 cpu::bce_with_logits);
       },
@@ -193,7 +193,7 @@ void bind_loss(py::module_& m) {
 
   m.def(
       "mse",
-      [](py::handle pred, py::handle target, const std::string& reduction) {
+      [](py::handle pred, py::handle target, std::string_view reduction) {
         return elementwise_loss("pred", pred, "target", target, reduction, cpu::mse);
       },
       py::arg("pred"), py::arg("target"), py::arg("reduction"),

@@ -32,7 +32,7 @@ bool same_shape(const py::array& a, const py::array& b) {
 // Raises the descriptive error for slots[k][i], which failed the fast check
 // (expected type number `num`, for the reason `why`).
 [[noreturn]] void raise_bad_item(const std::vector<SlotArg>& slots, const SlotArg& first,
-                                 py::ssize_t i, int k, int num, const std::string& why) {
+                                 py::ssize_t i, int k, int num, std::string_view why) {
   const SlotArg& s = slots[k];
   py::handle h = PySequence_Fast_ITEMS(s.list.ptr())[i];
   const py::array a = as_array(item_name(s, i), h);
