@@ -37,6 +37,9 @@ constexpr int kLanes = 16;
 constexpr int64_t kCeRowBlock = 16;      // rows per partial sum (cross-entropy)
 constexpr int64_t kReduceBlock = 4096;   // elements per partial sum (BCE, MSE)
 constexpr int64_t kLabelBlock = 4096;    // labels per partial sum of D
+// The exponential losses cost several times what a memory-bound element
+// does (threads_for's unit): they take a second thread from fewer elements.
+constexpr int64_t kExpLossWeight = 4;
 
 // Sum of the 16 lanes in a fixed order (a balanced tree).
 FT_HD double lane_sum(const double* a) {
@@ -577,7 +580,7 @@ double ce_run(const CeArgs& a, const int64_t* index, double denom) {
   }();
   const int64_t nblocks = (a.n + kCeRowBlock - 1) / kCeRowBlock;
   std::vector<double> partials(PerRow ? 0 : size_t(nblocks), 0.0);
-  parallel_blocks(nblocks, threads_for(a.n * a.c), [&](int64_t b0, int64_t b1) {
+  parallel_blocks(nblocks, threads_for(a.n * a.c * kExpLossWeight), [&](int64_t b0, int64_t b1) {
     int64_t r0 = b0 * kCeRowBlock;
     const int64_t r1 = std::min(a.n, b1 * kCeRowBlock);
 #ifdef FT_X86_NARROW_CE
@@ -653,7 +656,7 @@ double elementwise_typed(const void* a_, const void* b_, void* grad_, void* loss
   T* loss = at<T>(loss_);
   const T scale = elementwise_grad_scale<K, T>(r, n);
   const int64_t nblocks = (n + kReduceBlock - 1) / kReduceBlock;
-  const int nt = threads_for(n);
+  const int nt = threads_for(K == Elementwise::Bce ? n * kExpLossWeight : n);
   if (r == Reduction::None) {
     parallel_blocks(nblocks, nt, [&](int64_t b0, int64_t b1) {
       const int64_t lo = b0 * kReduceBlock, hi = std::min(n, b1 * kReduceBlock);
