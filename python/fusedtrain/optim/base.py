@@ -13,8 +13,10 @@ import re
 
 import numpy as np
 
+from .. import _core
 from .. import _validate as V
 from .. import backend as B
+from ..ops import _found_inf  # one definition of the accepted forms
 
 __all__ = ["Optimizer"]
 
@@ -106,6 +108,9 @@ class Optimizer:
         self.param_groups: list[dict] = []
         self._group_state: list[dict] = []  # per group: "step" and one list per buffer
         self._arena: list = []  # per group: the flat array its params tile, or None
+        # per group: the last gradient list seen and the array it tiles (a
+        # training loop passes the same gradient buffers every step)
+        self._grad_arena: dict = {}
         for g in groups:
             self.add_param_group(g)
 
@@ -176,15 +181,13 @@ class Optimizer:
         torch's GradScaler does); when nonzero the step is skipped after the
         argument checks (params, states, master weights and the step count
         unchanged)."""
-        from ..ops import _found_inf  # one definition of the accepted forms
-
         extra = {}
         scale = V.grad_scale(grad_scale)
         if scale != 1.0:
             extra["grad_scale"] = scale
         if B.is_gpu_array(found_inf):
             found_inf = B.to_host(found_inf)
-        skip = _found_inf(_core_module(), found_inf)
+        skip = _found_inf(_core, found_inf)
         if B.is_array(grads):
             grads = [grads]
         n = sum(len(g["params"]) for g in self.param_groups)
@@ -256,7 +259,13 @@ class Optimizer:
         if arena is None:
             return None
         group_grads, flats = plan[2], plan[4]
-        grad_arena = _tiling(group_grads)
+        last = self._grad_arena.get(gi)
+        if last is not None and len(last[0]) == len(group_grads) \
+                and all(a is b for a, b in zip(last[0], group_grads)):
+            grad_arena = last[1]  # the same arrays (kept alive here): the same tiling
+        else:
+            grad_arena = _tiling(group_grads)
+            self._grad_arena[gi] = (tuple(group_grads), grad_arena)
         if grad_arena is None or grad_arena.size != arena.size:
             return None
         return [arena], [grad_arena], {k: [v] for k, v in flats.items()}
@@ -418,12 +427,6 @@ class Optimizer:
             hp = ", ".join(f"{k}={g[k]!r}" for k in self.defaults_)
             lines.append(f"  group {i}: {len(g['params'])} params, {hp}")
         return "\n".join(lines + [")"])
-
-
-def _core_module():
-    from .. import _core
-
-    return _core
 
 
 def _tiling(arrays):
