@@ -354,21 +354,33 @@ def _tile(flat, shapes=ARENA_SHAPES):
 ARENA_SIZE = sum(int(np.prod(s)) for s in ARENA_SHAPES)
 
 
-@pytest.mark.parametrize("grads_tiled", ["always", "never", "alternating"])
+@pytest.mark.parametrize("grads_tiled", ["always", "never", "alternating", "reused",
+                                         "reused alternating"])
 @pytest.mark.parametrize("spec,hyper", VARIANTS)
 def test_arena_matches_separate_arrays(spec, hyper, grads_tiled):
     """An optimizer over views that tile one array gives, bitwise, what it
     gives over separate arrays, whether the gradients tile one array too or
-    not; its state is views of flat buffers but reads the same."""
+    not, in new arrays each step or in the same buffers refilled (as a
+    training loop passes them; "reused alternating": two sets of buffers,
+    one tiling an array, one not, in turn); its state is views of flat
+    buffers but reads the same."""
     rng = make_rng("arena", spec.name, hyper_id(hyper), grads_tiled)
     flat = random_list(rng, [(ARENA_SIZE,)], np.float64)[0]
     arena = _tile(flat)
     separate = [p.copy() for p in arena]
     opt_a, opt_s = spec.cls(arena, **hyper), spec.cls(separate, **hyper)
+    kept_flat = np.zeros(ARENA_SIZE)
+    kept_tiled = _tile(kept_flat)
+    kept_separate = [np.zeros_like(g) for g in kept_tiled]
     for t in range(5):
         gflat = random_list(rng, [(ARENA_SIZE,)], np.float64)[0]
-        tiled = grads_tiled == "always" or (grads_tiled == "alternating" and t % 2 == 0)
-        grads = _tile(gflat) if tiled else [g.copy() for g in _tile(gflat)]
+        if grads_tiled.startswith("reused"):
+            grads = kept_tiled if grads_tiled == "reused" or t % 2 == 0 else kept_separate
+            for g, new in zip(grads, _tile(gflat)):
+                g[...] = new
+        else:
+            tiled = grads_tiled == "always" or (grads_tiled == "alternating" and t % 2 == 0)
+            grads = _tile(gflat) if tiled else [g.copy() for g in _tile(gflat)]
         opt_a.step(grads)
         opt_s.step([g.copy() for g in grads])
         for a, s in zip(arena, separate):
