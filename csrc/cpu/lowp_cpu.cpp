@@ -52,15 +52,19 @@ constexpr uint32_t kHalfNormalMin = 0x38800000u;  // 2^-14
 
 #define FT_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512bf16")))
 
-// the lanes of v whose bfloat16 vcvtne2ps2bf16 gives otherwise than lowp.h:
-// NaN (|x| above inf; payload kept there, canonical NaN here) and nonzero
-// float32 subnormals (|x| - 1 below 2^-126 - 1; flushed there, rounded here)
-FT_TARGET_BF16 inline __mmask16 bf16_special(__m512 v) {
+// The lanes of v that a conversion instruction would give otherwise than
+// lowp.h: NaN (|x| above inf) and nonzero |x| below `tiny_end` (|x| - 1,
+// unsigned, below tiny_end - 1; zero wraps around and stays out).
+__attribute__((target("avx512f"))) inline __mmask16 special_lanes(__m512 v, uint32_t tiny_end) {
   const __m512i a = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7FFFFFFF));
-  const __m512i one = _mm512_set1_epi32(1);
   return _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(int(kInfBits))) |
-         _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, one), _mm512_set1_epi32(0x007FFFFF));
+         _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, _mm512_set1_epi32(1)),
+                                 _mm512_set1_epi32(int(tiny_end - 1u)));
 }
+
+// bfloat16 vcvtne2ps2bf16: NaN payloads kept there (canonical NaN here);
+// float32 subnormals (below 2^-126) flushed there, rounded here
+FT_TARGET_BF16 inline __mmask16 bf16_special(__m512 v) { return special_lanes(v, 0x00800000u); }
 
 // bfloat16, 32 elements a block: vcvtne2ps2bf16 unless a lane is special
 FT_TARGET_BF16 void narrow_bf16_avx512bf16(BFloat16* out, const float* x, int64_t n) {
@@ -83,17 +87,10 @@ FT_TARGET_BF16 void narrow_bf16_avx512bf16(BFloat16* out, const float* x, int64_
 // flush there.
 __attribute__((target("avx512f"))) void narrow_half_avx512(Half* out, const float* x,
                                                           int64_t n) {
-  const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
-  const __m512i inf = _mm512_set1_epi32(int(kInfBits));
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i tiny = _mm512_set1_epi32(int(kHalfNormalMin - 1u));
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i);
-    const __m512i a = _mm512_and_si512(_mm512_castps_si512(v), abs_mask);
-    const __mmask16 special = _mm512_cmpgt_epu32_mask(a, inf) |
-                              _mm512_cmplt_epu32_mask(_mm512_sub_epi32(a, one), tiny);
-    if (special == 0) {
+    if (special_lanes(v, kHalfNormalMin) == 0) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
                           _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     } else {

@@ -27,27 +27,18 @@ FT_HD float ft_erf(float x) { return erff(x); }
 FT_HD double ft_erf(double x) { return erf(x); }
 
 // Bit casts (memcpy compiles to a register move on the host and is allowed in
-// device code).
-FT_HD uint32_t ft_as_uint(float x) {
-  uint32_t u;
-  memcpy(&u, &x, sizeof u);
-  return u;
+// device code; std::bit_cast is C++20).
+template <typename To, typename From>
+FT_HD To ft_bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To to;
+  memcpy(&to, &from, sizeof to);
+  return to;
 }
-FT_HD uint64_t ft_as_uint(double x) {
-  uint64_t u;
-  memcpy(&u, &x, sizeof u);
-  return u;
-}
-FT_HD float ft_as_float(uint32_t u) {
-  float x;
-  memcpy(&x, &u, sizeof x);
-  return x;
-}
-FT_HD double ft_as_double(uint64_t u) {
-  double x;
-  memcpy(&x, &u, sizeof x);
-  return x;
-}
+FT_HD uint32_t ft_as_uint(float x) { return ft_bit_cast<uint32_t>(x); }
+FT_HD uint64_t ft_as_uint(double x) { return ft_bit_cast<uint64_t>(x); }
+FT_HD float ft_as_float(uint32_t u) { return ft_bit_cast<float>(u); }
+FT_HD double ft_as_double(uint64_t u) { return ft_bit_cast<double>(u); }
 
 // sign(x): -1, +1, or x itself for zeros and NaN (as numpy.sign).
 template <typename T>
