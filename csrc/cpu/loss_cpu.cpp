@@ -466,16 +466,17 @@ FT_AVX512 void ce_rows_narrow(const float* __restrict x_in, float* __restrict g_
   const TreeIndex tree = make_tree_index();
   const __mmask16 cmask = __mmask16((1u << c) - 1u);
   const int64_t len = kG * c;  // elements of a group, c vectors
-  // the row (and the class) of each element of a group's flat block
-  __m512i row_of[kNarrowClasses], class_of[kNarrowClasses];
+  // the row of each element of a group's flat block, and (with class
+  // weights) each element's weight
+  __m512i row_of[kNarrowClasses];
+  alignas(64) float w_flat[kG * kNarrowClasses];
   for (int64_t v = 0; v < c; ++v) {
-    alignas(64) int32_t ro[16], co[16];
+    alignas(64) int32_t ro[16];
     for (int j = 0; j < 16; ++j) {
       ro[j] = int32_t((16 * v + j) / c);
-      co[j] = int32_t((16 * v + j) % c);
+      if constexpr (CW == ClassWeights::On) w_flat[16 * v + j] = w[(16 * v + j) % c];
     }
     row_of[v] = _mm512_load_si512(ro);
-    class_of[v] = _mm512_load_si512(co);
   }
   const __m512 wv = CW == ClassWeights::On ? _mm512_maskz_loadu_ps(cmask, w) : _mm512_set1_ps(1.0f);
   const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
@@ -532,15 +533,14 @@ FT_AVX512 void ce_rows_narrow(const float* __restrict x_in, float* __restrict g_
     }
     // per row: loss and gradient coefficients
     ce_coefficients(kG, sum_exp, xs_label, wxs, w_label, s, loss, coef_e, coef_y);
-    // gradient: e * coef_e (- coef_w * w_c), the label's element less coef_y
+    // gradient: ce_grad over the flat block, each element with its row's
+    // coef_e (in shift's place) and its class weight; then the label's
+    // element less coef_y
     const __m512 ce16 = _mm512_load_ps(coef_e);
-    for (int64_t k = 0; k < c; ++k) {
-      __m512 gk = _mm512_mul_ps(_mm512_loadu_ps(gg + 16 * k), _mm512_permutexvar_ps(row_of[k], ce16));
-      if constexpr (SM == Smoothing::On)
-        gk = _mm512_sub_ps(gk, _mm512_mul_ps(_mm512_set1_ps(coef_w),
-                                             _mm512_permutexvar_ps(class_of[k], wv)));
-      _mm512_storeu_ps(gg + 16 * k, gk);
-    }
+    for (int64_t k = 0; k < c; ++k)
+      _mm512_store_ps(shift + 16 * k, _mm512_permutexvar_ps(row_of[k], ce16));
+    for (int64_t k = 0; k < len; ++k)
+      gg[k] = ce_grad<SM>(gg[k], CW == ClassWeights::On ? w_flat[k] : 1.0f, shift[k], coef_w);
     double block_sum = 0.0;
     for (int i = 0; i < kG; ++i) {
       const int64_t y = yg[i];
