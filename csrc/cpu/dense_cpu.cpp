@@ -244,11 +244,23 @@ void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T
   thread_local std::vector<double> partial_buf;
   partial_buf.assign(size_t(std::max<int64_t>(nt, 1) * out), 0.0);
   double* const partial = partial_buf.data();
+  const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
   const T* g = A == Act::Identity ? dy : dz;
+  // dw (in, out) = x^T (in, B) @ g (B, out) and, unless dx is skipped,
+  // dx (B, in) = g (B, out) @ w^T (out, in). Both GEMMs' tiles go to the
+  // threads as one list, with no barrier between the GEMMs; with two
+  // threads, one runs dw's tiles and the other dx's, each touching only its
+  // own operands. (Handing out tiles dynamically measured up to 2x slower
+  // on small layers: 128 x 256 -> 10.)
+  const GemmTiles<T> gw{true, false, in, out, B, x, ld_in, g, ld_out, accumulate ? T(1) : T(0),
+                        dw, ld_out};
+  const GemmTiles<T> gx{false, true, B, in, out, g, ld_out, w, ld_out, T(0), dx, ld_in};
+  const int64_t nw = gw.count(), nx = dx ? gx.count() : 0;
+  const int64_t gemm_flops = gw.flops() + (dx ? gx.flops() : 0);
   // (on as many threads as the GEMMs below: each thread then finds the dz
   // rows it wrote in its own cache; written by one thread, all of dz would
   // cross to the other core's GEMM tiles: 1024 x 256 -> 10, 106 -> 93 us)
-  for_tiles(nt, B * in * out * (dx ? 2 : 1), [&](int64_t t) {
+  for_tiles(nt, gemm_flops, [&](int64_t t) {
     const int64_t r0 = tr.begin(t), rows = tr.size(t);
     double* acc = partial + t * out;
     if constexpr (A == Act::Identity) {
@@ -266,22 +278,7 @@ void backward_impl(const T* dy, const T* x, const T* w, const T* saved, T* dz, T
       db[c] = accumulate ? T(double(db[c]) + sum) : T(sum);
     }
   }
-  const int64_t ld_in = std::max<int64_t>(in, 1), ld_out = std::max<int64_t>(out, 1);
-  // dw (in, out) = x^T (in, B) @ g (B, out)
-  const GemmTiles<T> gw{true, false, in, out, B, x, ld_in, g, ld_out, accumulate ? T(1) : T(0),
-                        dw, ld_out};
-  if (!dx) {
-    for_tiles(gw.count(), gw.flops(), [&](int64_t t) { gw.run(t); });
-    return;
-  }
-  // dx (B, in) = g (B, out) @ w^T (out, in): as many multiply-adds. Both
-  // GEMMs' tiles go to the threads as one list, with no barrier between the
-  // GEMMs; with two threads, one runs dw's tiles and the other dx's, each
-  // touching only its own operands. (Handing out tiles dynamically measured
-  // up to 2x slower on small layers: 128 x 256 -> 10.)
-  const GemmTiles<T> gx{false, true, B, in, out, g, ld_out, w, ld_out, T(0), dx, ld_in};
-  const int64_t nw = gw.count();
-  for_tiles(nw + gx.count(), gw.flops() + gx.flops(), [&](int64_t t) {
+  for_tiles(nw + nx, gemm_flops, [&](int64_t t) {
     if (t < nw) {
       gw.run(t);
     } else {
