@@ -1,7 +1,9 @@
-"""Hyperparameter checks shared by fusedtrain.ops and fusedtrain.optim.
+"""Argument checks shared by every module of fusedtrain (the kernels'
+hyperparameters, the training loop's, the layers', the data loaders').
 
 Each check raises TypeError (not a number) or ValueError (out of range) with
-the argument's name, what was expected and what was received.
+the argument's name, what was expected and what was received, and returns
+the value as a plain Python int / float / bool.
 """
 
 from __future__ import annotations
@@ -17,6 +19,33 @@ def real(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; received {type(value).__name__} {value!r}")
     return float(value)
+
+
+def integer(name: str, value, low: int | None = None, high: int | None = None) -> int:
+    """An int (not a bool; NumPy integers accepted) in [low, high]."""
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        raise TypeError(f"{name} must be an int{_bounds(low, high)}; received "
+                        f"{type(value).__name__} {value!r}")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        raise ValueError(f"{name} must be an int{_bounds(low, high)}; received {v!r}")
+    return v
+
+
+def _bounds(low, high) -> str:
+    if low is not None and high is not None:
+        return f" in [{low}, {high}]"
+    if low is not None:
+        return f" >= {low}"
+    return f" <= {high}" if high is not None else ""
+
+
+def positive(name: str, value) -> float:
+    """A finite real number > 0."""
+    v = real(name, value)
+    if not 0.0 < v < math.inf:
+        raise ValueError(f"{name} must be a finite number > 0; received {v!r}")
+    return v
 
 
 def at_least(name: str, value, low: float = 0.0) -> float:
