@@ -12,6 +12,9 @@ Hyperparameter dicts use the optimizer classes' vocabulary (so Adagrad's
 the functional API does not take. State buffers are named with the ops
 keyword names (``state_sum`` for Adagrad); ``spec.optim_name`` maps them to
 the state_dict keys (``sum``).
+
+``toy_data`` and ``toy_mlp`` are the small classification problem and MLP
+that the model, training, checkpoint and callback tests share.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import pytest
 
 from fusedtrain import ops, optim, reference
+from fusedtrain.nn import Dense, Dropout, Sequential
 
 DTYPES = (np.float32, np.float64)
 
@@ -276,6 +280,26 @@ def assert_state_dict_equal(a: dict, b: dict) -> None:
         assert a.tobytes() == b.tobytes()
     else:
         assert a == b or (a != a and b != b)
+
+
+# ---------------------------------------------------------------------------
+# a toy classification problem and the small MLP that learns it (the model,
+# training, checkpoint and callback tests)
+# ---------------------------------------------------------------------------
+def toy_data(n=96, d=8, c=5, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(dtype)
+    w = rng.standard_normal((d, c))
+    y = np.argmax(x @ w + 0.1 * rng.standard_normal((n, c)), axis=1).astype(np.int64)
+    return x, y
+
+
+def toy_mlp(dtype=np.float64, dropout=0.0, seed=0, hidden=16):
+    layers = [Dense(8, hidden, activation="relu")]
+    if dropout:
+        layers.append(Dropout(dropout))
+    layers.append(Dense(hidden, 5))
+    return Sequential(layers, dtype=dtype, seed=seed)
 
 
 @pytest.fixture
