@@ -60,14 +60,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fusedtrain
+from fusedtrain import ops
+from fusedtrain.nn import init
+from fusedtrain.reference import dense as ref
 
-import harness as H  # noqa: E402
-
-import fusedtrain  # noqa: E402
-from fusedtrain import ops  # noqa: E402
-from fusedtrain.nn import init  # noqa: E402
-from fusedtrain.reference import dense as ref  # noqa: E402
+# bench/ itself: `python bench/<script>.py` puts the script's directory first on sys.path
+import harness as H
 
 try:
     import torch

@@ -33,16 +33,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fusedtrain
+from fusedtrain import ops, reference
 
-import harness as H  # noqa: E402
-
-import fusedtrain  # noqa: E402
-from fusedtrain import ops, reference  # noqa: E402
+# bench/ itself: `python bench/<script>.py` puts the script's directory first on sys.path
+import harness as H
 
 try:
     import torch

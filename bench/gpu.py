@@ -38,8 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness as H  # noqa: E402
+# bench/ itself: `python bench/<script>.py` puts the script's directory first on sys.path
+import harness as H
 
 OUT = Path(__file__).resolve().parent / "results"
 

@@ -35,17 +35,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fusedtrain
+from fusedtrain import _core, ops, reference
 
-import harness as H  # noqa: E402
-
-import fusedtrain  # noqa: E402
-from fusedtrain import _core, ops, reference  # noqa: E402
+# bench/ itself: `python bench/<script>.py` puts the script's directory first on sys.path
+import harness as H
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 HYPER = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)

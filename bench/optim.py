@@ -38,12 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fusedtrain
+from fusedtrain import _core, ops, reference
 
-import harness as H  # noqa: E402
-
-import fusedtrain  # noqa: E402
-from fusedtrain import _core, ops, reference  # noqa: E402
+# bench/ itself: `python bench/<script>.py` puts the script's directory first on sys.path
+import harness as H
 
 try:
     import torch

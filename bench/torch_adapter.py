@@ -40,13 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fusedtrain
+from fusedtrain import ops, reference
 
-import harness as H  # noqa: E402
-from optim import OPTIMIZERS, log, machine_line, resnet50_shapes  # noqa: E402
-
-import fusedtrain  # noqa: E402
-from fusedtrain import ops, reference  # noqa: E402
+# bench/ itself: `python bench/<script>.py` puts the script's directory first on sys.path
+import harness as H
+from optim import OPTIMIZERS, log, machine_line, resnet50_shapes
 
 try:
     import torch

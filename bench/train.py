@@ -74,16 +74,15 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fusedtrain
+from fusedtrain.nn import Dense, Sequential
+from fusedtrain.reference import dense as ref_dense
+from fusedtrain.reference import loss as ref_loss
+from fusedtrain.reference import optim as ref_optim
+from fusedtrain.train import Callback
 
-import harness as H  # noqa: E402
-
-import fusedtrain  # noqa: E402
-from fusedtrain.nn import Dense, Sequential  # noqa: E402
-from fusedtrain.reference import dense as ref_dense  # noqa: E402
-from fusedtrain.reference import loss as ref_loss  # noqa: E402
-from fusedtrain.reference import optim as ref_optim  # noqa: E402
-from fusedtrain.train import Callback  # noqa: E402
+# bench/ itself: `python bench/<script>.py` puts the script's directory first on sys.path
+import harness as H
 
 try:
     import torch
