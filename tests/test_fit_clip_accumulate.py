@@ -106,8 +106,11 @@ def test_clip_norm_with_accumulation_clips_the_summed_gradient(monkeypatch):
     model = _mlp()
     seen = []
     real = ops.clip_grad_norm_
-    monkeypatch.setattr(ops, "clip_grad_norm_",
-                        lambda g, m, *a, **k: seen.append(real(g, m, *a, **k)))
+    def spy(g, m, *a, **k):
+        seen.append(real(g, m, *a, **k))
+        return seen[-1]
+
+    monkeypatch.setattr(ops, "clip_grad_norm_", spy)
     _fit(model, x, y, batch_size=4, accumulate_steps=4, clip_norm=1e-3, epochs=1)
     assert len(seen) == 2 and all(s > 1e-3 for s in seen)
 

@@ -21,10 +21,16 @@ def real(name: str, value) -> float:
     return float(value)
 
 
+class NotAnInt(TypeError, ValueError):
+    """An int argument received something else (a float, a bool, a str):
+    a TypeError, and a ValueError for callers that catch the ValueError the
+    training loop's checks always raised."""
+
+
 def integer(name: str, value, low: int | None = None, high: int | None = None) -> int:
     """An int (not a bool; NumPy integers accepted) in [low, high]."""
     if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-        raise TypeError(f"{name} must be an int{_bounds(low, high)}; received "
+        raise NotAnInt(f"{name} must be an int{_bounds(low, high)}; received "
                         f"{type(value).__name__} {value!r}")
     v = int(value)
     if (low is not None and v < low) or (high is not None and v > high):
@@ -156,13 +162,54 @@ def adagrad(lr, lr_decay, weight_decay, eps, l1, maximize) -> dict:
 # ---------------------------------------------------------------------------
 # loss scaling and mixed precision (every optimizer)
 # ---------------------------------------------------------------------------
-def grad_scale(value) -> float:
-    if type(value) is float and 0.0 < value < math.inf:  # fast path
+def grad_scale(value, double: bool | None = None) -> float:
+    """A loss scale: a finite number > 0. With ``double`` given (True: the
+    kernels compute in float64, for float64 params; False: in float32, for
+    float32 / float16 / bfloat16 params) its reciprocal -- what the kernels
+    multiply the gradients by, rounded to that type -- must also be finite
+    and nonzero there (2^-126 <= grad_scale <= 2^126 always is)."""
+    if type(value) is float and (2.0**-126 <= value <= 2.0**126
+                                 or (double is None and 0.0 < value < math.inf)):  # fast path
         return value
     v = real("grad_scale", value)
     if not 0.0 < v < math.inf:
         raise ValueError(f"grad_scale must be a finite number > 0; received {v!r}")
+    if double is not None:
+        r = 1.0 / v  # inf for a subnormal v
+        ok = 0.0 < r < math.inf if double else _F32_TINY < r < _F32_HUGE
+        if not ok:
+            kind = "float64" if double else "float32"
+            raise ValueError(
+                f"grad_scale must be a number whose reciprocal is finite and nonzero in {kind} "
+                f"(the kernels multiply the gradients by 1 / grad_scale rounded to {kind}, the "
+                f"compute type of these params); received {v!r}")
     return v
+
+
+# the doubles that round to 0 (<= 2^-150) or to inf (>= 2^128 - 2^103) in float32
+_F32_TINY = 2.0**-150
+_F32_HUGE = 2.0**128 - 2.0**103
+
+
+def found_inf(value) -> bool:
+    """found_inf read on the host: a bool, a real number (nonzero: found) or
+    a 1-element float32 NumPy array."""
+    if value is None or value is False:
+        return False
+    if value is True:
+        return True
+    if isinstance(value, numbers.Real):  # bool, numpy.bool_ and numbers
+        return value != 0
+    if type(value).__name__ == "bool_":  # numpy.bool_ is not a numbers.Real
+        return bool(value)
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is not None and dtype is not None and hasattr(value, "__array_interface__"):
+        if str(dtype) != "float32" or math.prod(shape) != 1:
+            raise TypeError("found_inf: expected a bool, a number or a 1-element float32 array, "
+                            f"received a {dtype} array of shape {tuple(shape)}")
+        return bool(value.reshape(-1)[0] != 0)
+    raise TypeError("found_inf: expected a bool, a number or a 1-element float32 array, "
+                    f"received {type(value).__name__}")
 
 
 def uint64(name: str, value) -> int:

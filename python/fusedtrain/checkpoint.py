@@ -1,30 +1,42 @@
-"""Checkpoints: model parameters, optimizer state, training position
-(epoch, step, shuffling RNG, dropout streams), schedule state and history in
-one ``.npz`` file (no pickles).
+"""Checkpoints: a model's parameters and dropout streams with its whole
+:class:`fusedtrain.train.TrainState` (optimizer and its state, epoch and
+step, shuffling RNG, schedule, loss scaler, history) in one ``.npz`` file
+(no pickles; ``numpy.load`` reads it too).
 
-Writes are atomic: the file is written to a temporary file in the same
-directory, flushed to disk, then renamed over the target, so a crash
-mid-write never leaves a truncated checkpoint in place of a good one.
-Loading checks everything against the model first and changes nothing when
-the file does not match.
+Writes are atomic and streamed (:mod:`fusedtrain._archive`): the file is
+written member by member to a temporary file in the same directory, flushed
+to disk, then renamed over the target, so a crash mid-write never leaves a
+truncated checkpoint in place of a good one; the temporaries an interrupted
+save left behind are removed by the next save of the same file.
+
+Loading reads the whole file into new objects and checks every field of it
+against the model before anything is assigned: a file that is damaged,
+crafted, or does not fit the model raises ValueError naming the file and
+what is wrong, and the model (parameters, dropout streams, training state)
+is then exactly as it was.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import math
 import os
-import tempfile
 
 import numpy as np
 
+from . import _archive
+from . import amp as _amp
 from . import optim as _optim
-from .backend import to_host
+from .callbacks import History
+from .train import TrainState
 
 __all__ = ["save", "load", "FORMAT", "VERSION"]
 
 FORMAT = "fusedtrain.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the schedule may be a name with its base lr; nonfinite_steps
+_READS = (1, 2)
+
+_UINT64 = 2**64
 
 
 def _jsonable(v):
@@ -50,30 +62,25 @@ def _dropouts(model):
     return [layer for layer in model.layers if isinstance(layer, Dropout)]
 
 
+# ---------------------------------------------------------------------------
+# save
+# ---------------------------------------------------------------------------
 def save(path, model, optimizer=None) -> None:
-    """Write ``model`` (and ``optimizer``, default model.optimizer) to ``path``."""
-    optimizer = optimizer if optimizer is not None else model.optimizer
-    arrays = {"params": model.param_arena}
-    meta = {
-        "format": FORMAT,
-        "version": VERSION,
-        "dtype": str(model.dtype),
-        "layout": _layout(model),
-        "layers": _jsonable(model.config()),
-        "dropout": [[d.seed, d.offset] for d in _dropouts(model)],
-        "train_state": None,
-        "optimizer": None,
-        "schedule": None,
-        "history": model.history.to_dict() if model.history is not None else None,
-    }
-    st = model.train_state
-    if st is not None:
-        meta["train_state"] = {"epoch": st["epoch"], "step": st["step"],
-                               "rng": _jsonable(st["rng"].bit_generator.state)}
-        scaler = st.get("loss_scaler")  # fit(loss_scale="dynamic") keeps it here
-        if scaler is not None:
-            meta["train_state"]["loss_scaler"] = _jsonable(scaler.state_dict())
+    """Write ``model`` and its training state to ``path`` (``optimizer``,
+    default the state's, is saved as the state's optimizer; it must step
+    the model's parameters). The model is not changed."""
+    state = model.train_state
+    if optimizer is None:
+        optimizer = state.optimizer if state is not None else None
+    elif not isinstance(optimizer, _optim.Optimizer):
+        raise TypeError(f"optimizer: expected a fusedtrain.optim.Optimizer or None; received "
+                        f"{type(optimizer).__name__}")
+    elif state is None:
+        state = TrainState()  # an optimizer before any training: step 0
+    members = {"params": model.param_arena}
+    opt_meta = None
     if optimizer is not None:
+        index = _param_index(model, optimizer)
         sd = optimizer.state_dict()
         state_meta = {}
         for idx, entry in sd["state"].items():
@@ -81,121 +88,297 @@ def save(path, model, optimizer=None) -> None:
                                     "buffers": [k for k in entry if k != "step"]}
             for k, arr in entry.items():
                 if k != "step":
-                    arrays[f"optim.{idx}.{k}"] = to_host(arr)
-        meta["optimizer"] = {"class": type(optimizer).__name__,
-                             "param_groups": _jsonable(sd["param_groups"]),
-                             "state": state_meta}
-    sched = getattr(model, "schedule", None)
+                    members[f"optim.{idx}.{k}"] = _to_host(arr)
+        # the state is keyed by the optimizer's own parameter indices; the
+        # groups list the model's parameter index of each of their parameters
+        groups = _jsonable(sd["param_groups"])
+        for g in groups:
+            g["params"] = [index[i] for i in g["params"]]
+        opt_meta = {"class": type(optimizer).__name__, "param_groups": groups,
+                    "state": state_meta}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "dtype": str(model.dtype),
+        "layout": _layout(model),
+        "layers": _jsonable(model.config()),
+        "dropout": [[d.seed, d.offset] for d in _dropouts(model)],
+        "train_state": _state_meta(state),
+        "optimizer": opt_meta,
+        "schedule": _schedule_meta(state),
+        "history": state.history.to_dict() if state is not None else None,
+    }
+    members["meta"] = json.dumps(meta).encode()
+    _archive.write(path, members)
+
+
+def _param_index(model, optimizer) -> list:
+    """The model's index of each of the optimizer's parameters."""
+    where = {id(p): i for i, p in enumerate(model.parameters())}
+    index = [where.get(id(p)) for p in optimizer.params]
+    if None in index or len(index) != len(where):
+        raise ValueError("optimizer: expected an optimizer over this model's parameters "
+                         f"(built with model.parameters()); received {type(optimizer).__name__} "
+                         f"over {len(index)} arrays, {index.count(None)} of them not the model's")
+    return index
+
+
+def _to_host(a):
+    from .backend import to_host
+
+    return np.ascontiguousarray(to_host(a))
+
+
+def _state_meta(state):
+    if state is None:
+        return None
+    out = {"epoch": state.epoch, "step": state.step,
+           "rng": _jsonable(state.rng.bit_generator.state) if state.rng is not None else None,
+           "nonfinite_steps": state.nonfinite_steps}
+    if state.loss_scaler is not None:
+        out["loss_scaler"] = _jsonable(state.loss_scaler.state_dict())
+    return out
+
+
+def _schedule_meta(state):
+    if state is None:
+        return None
+    if state.schedule_name is not None:
+        return {"name": state.schedule_name, "base_lr": state.base_lr}
+    sched = state.schedule
     if sched is not None and hasattr(sched, "state_dict"):
-        meta["schedule"] = {"class": type(sched).__name__, "state": _jsonable(sched.state_dict())}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        return {"class": type(sched).__name__, "state": _jsonable(sched.state_dict())}
+    if state.pending_schedule is not None:  # loaded, not yet used: kept as it came
+        return {"class": state.pending_schedule[0], "state": state.pending_schedule[1]}
+    return None
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+
+# ---------------------------------------------------------------------------
+# load: parse and check everything into new objects, then assign
+# ---------------------------------------------------------------------------
+class _Parser:
+    """Checks of the metadata's fields; every failure is a ValueError that
+    names the file and the field."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def fail(self, what):
+        raise ValueError(f"checkpoint {self.name!r}: {what}")
+
+    def dict(self, value, where, required, optional=()):
+        if not isinstance(value, dict):
+            self.fail(f"{where}: expected a JSON object; received {_kind(value)}")
+        missing = [k for k in required if k not in value]
+        extra = sorted(set(value) - set(required) - set(optional))
+        if missing or extra:
+            self.fail(f"{where}: expected the keys {list(required)} (and optionally "
+                      f"{list(optional)}); missing {missing}, unexpected {extra}")
+        return value
+
+    def int(self, value, where, low=0, high=2**63 - 1):
+        if type(value) is not int or not low <= value <= high:
+            self.fail(f"{where}: expected an int in [{low}, {high}]; received {_kind(value)}")
+        return value
+
+    def real(self, value, where, low=-math.inf, finite=True):
+        if type(value) not in (int, float) or (finite and not math.isfinite(value)) \
+                or not value >= low:
+            self.fail(f"{where}: expected a {'finite ' if finite else ''}number >= {low:g}; "
+                      f"received {_kind(value)}")
+        return float(value)
+
+    def list(self, value, where, length=None):
+        if not isinstance(value, list) or (length is not None and len(value) != length):
+            want = f"a list of {length}" if length is not None else "a list"
+            self.fail(f"{where}: expected {want}; received {_kind(value)}")
+        return value
+
+    def obj(self, value, where):
+        if not isinstance(value, dict):
+            self.fail(f"{where}: expected a JSON object; received {_kind(value)}")
+        return value
+
+    def str(self, value, where):
+        if not isinstance(value, str):
+            self.fail(f"{where}: expected a string; received {_kind(value)}")
+        return value
+
+
+def _kind(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+_KEYS = ("format", "version", "dtype", "layout", "layers", "dropout", "train_state", "optimizer",
+         "schedule", "history")
+
+
+def _read(path, model):
+    """(params, dropout streams, TrainState or None) from the file, every
+    field checked against ``model``."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            f.write(buf.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        return _parse(path, model)
+    except ValueError as exc:
+        text = str(exc)
+        if text.startswith("checkpoint "):
+            raise
+        raise ValueError(f"checkpoint {text}") from None  # the archive's: "<path>: <problem>"
+
+
+def _parse(path, model):
+    name = os.fspath(path)
+    P = _Parser(name)
+    with _archive.Reader(path) as r:
+        meta = r.json("meta")
+        P.dict(meta, "metadata", ("format", "version"), _KEYS)
+        if meta["format"] != FORMAT or meta["version"] not in _READS:
+            P.fail(f"format {meta.get('format')!r} version {meta.get('version')!r}; expected "
+                   f"{FORMAT!r} version {' or '.join(map(str, _READS))}")
+        P.dict(meta, "metadata", _KEYS)
+        if meta["layout"] != _layout(model):
+            P.fail(f"layers {meta['layout']!r:.200} do not match the model's {_layout(model)}")
+        dropouts = _dropouts(model)
+        streams = P.list(meta["dropout"], "dropout")
+        if len(streams) != len(dropouts):
+            P.fail(f"{len(streams)} dropout layers; the model has {len(dropouts)}")
+        streams = [(P.int(P.list(s, f"dropout[{i}]", 2)[0], f"dropout[{i}] seed", 0, _UINT64 - 1),
+                    P.int(s[1], f"dropout[{i}] offset", 0, _UINT64 - 1))
+                   for i, s in enumerate(streams)]
+        expected = {"meta", "params"}
+        params = _array(r, P, "params", (model.param_arena.size,))
+        state, members = _train_state(r, P, meta, model)
+        expected |= members
+        extra = r.unexpected(expected)
+        if extra:
+            P.fail(f"unexpected members {extra}")
+    return meta, params, streams, state
+
+
+def _array(r, P, member, shape=None):
+    """A floating member (of ``shape`` when given), its header checked
+    before it is read."""
+    if member not in r:
+        P.fail(f"member {member!r} is missing")
+    got_shape, dtype = r.header(member)
+    if dtype.kind != "f" or (shape is not None and tuple(got_shape) != tuple(shape)):
+        want = f" of shape {tuple(shape)}" if shape is not None else ""
+        P.fail(f"member {member!r} holds {dtype} of shape {tuple(got_shape)}; expected a "
+               f"floating array{want}")
+    return r.array(member)
+
+
+def _train_state(r, P, meta, model):
+    """(TrainState or None, the optimizer members it read)."""
+    ts, om, sm, hm = (meta[k] for k in ("train_state", "optimizer", "schedule", "history"))
+    if ts is None:
+        if om is not None or sm is not None or hm is not None:
+            P.fail("an optimizer, schedule or history without a train_state")
+        return None, set()
+    P.dict(ts, "train_state", ("epoch", "step", "rng"), ("loss_scaler", "nonfinite_steps"))
+    state = TrainState()
+    state.epoch = P.int(ts["epoch"], "train_state epoch")
+    state.step = P.int(ts["step"], "train_state step")
+    state.nonfinite_steps = P.int(ts.get("nonfinite_steps", 0), "train_state nonfinite_steps")
+    if ts["rng"] is not None:
+        P.dict(ts["rng"], "train_state rng", ("bit_generator", "state"), ("has_uint32", "uinteger"))
+        rng = np.random.default_rng()
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            rng.bit_generator.state = ts["rng"]
+        except Exception as exc:  # the generator's own checks, whatever they raise
+            P.fail(f"train_state rng: not a {type(rng.bit_generator).__name__} state ({exc})")
+        state.rng = rng
+    if ts.get("loss_scaler") is not None:
+        scaler = _amp.DynamicLossScaler()
+        try:
+            scaler.load_state_dict(ts["loss_scaler"])
+        except (TypeError, ValueError, KeyError) as exc:
+            P.fail(f"train_state loss_scaler: {exc}")
+        state.loss_scaler = scaler
+    if hm is not None:
+        try:
+            state.history = History.from_dict(hm)
+        except ValueError as exc:
+            P.fail(str(exc))
+    if sm is not None:
+        if not isinstance(sm, dict) or "name" in sm:
+            P.dict(sm, "schedule", ("name", "base_lr"))
+            from .schedules import NAMES
+
+            if sm["name"] not in NAMES:
+                P.fail(f"schedule name {sm['name']!r}; expected one of {list(NAMES)}")
+            state.schedule_name = sm["name"]
+            state.base_lr = P.real(sm["base_lr"], "schedule base_lr", 0.0)
+        else:
+            P.dict(sm, "schedule", ("class", "state"))
+            state.pending_schedule = (P.str(sm["class"], "schedule class"),
+                                      P.obj(sm["state"], "schedule state"))
+    members = set()
+    if om is not None:
+        state.optimizer, members = _optimizer(r, P, om, model)
+    return state, members
 
 
-def _read(path):
+def _optimizer(r, P, om, model):
+    """A new optimizer over the model's parameters with the file's state
+    loaded (its own load_state_dict checks the state against it)."""
+    P.dict(om, "optimizer", ("class", "param_groups", "state"))
+    cls = _optim.__dict__.get(P.str(om["class"], "optimizer class"))
+    if not (isinstance(cls, type) and issubclass(cls, _optim.Optimizer)):
+        P.fail(f"unknown optimizer class {om['class']!r}")
+    plist = model.parameters()
+    seen = []
+    groups = []
+    for gi, g in enumerate(P.list(om["param_groups"], "optimizer param_groups")):
+        if "params" not in P.obj(g, f"optimizer param_groups[{gi}]"):
+            P.fail(f"optimizer param_groups[{gi}]: no 'params'")
+        idx = [P.int(i, f"optimizer param_groups[{gi}] params", 0, len(plist) - 1)
+               for i in P.list(g["params"], f"optimizer param_groups[{gi}] params")]
+        seen += idx
+        hyper = {k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
+        groups.append({"params": [plist[i] for i in idx], **hyper})
+    if sorted(seen) != list(range(len(plist))):
+        P.fail(f"optimizer param_groups cover the parameters {seen}; expected each of the "
+               f"model's {len(plist)} parameters exactly once")
+    # the state's keys are the optimizer's own parameter indices
+    P.obj(om["state"], "optimizer state")
+    state, members = {}, set()
+    for key, entry in om["state"].items():
+        if not key.isdigit() or int(key) >= len(plist):
+            P.fail(f"optimizer state key {key!r}: expected a parameter index below {len(plist)}")
+        P.dict(entry, f"optimizer state[{key}]", ("step", "buffers"))
+        step = P.real(entry["step"], f"optimizer state[{key}] step", 1.0)
+        buffers = {}
+        for b in P.list(entry["buffers"], f"optimizer state[{key}] buffers"):
+            member = f"optim.{key}.{P.str(b, f'optimizer state[{key}] buffers')}"
+            buffers[b] = _array(r, P, member)  # its shape: checked by load_state_dict
+            members.add(member)
+        state[int(key)] = {"step": step, **buffers}
     try:
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            files = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"checkpoint {os.fspath(path)!r}: not a readable fusedtrain checkpoint ({exc})") from None
-    if "meta" not in files or "params" not in files:
-        raise ValueError(f"checkpoint {os.fspath(path)!r}: not a fusedtrain checkpoint (no meta/params)")
-    try:
-        meta = json.loads(files.pop("meta").tobytes().decode())
-    except ValueError:
-        raise ValueError(f"checkpoint {os.fspath(path)!r}: corrupt metadata") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"checkpoint {os.fspath(path)!r}: format {meta.get('format')!r} version "
-                         f"{meta.get('version')!r}; expected {FORMAT!r} version {VERSION}")
-    return meta, files
+        opt = cls(groups)
+        opt.load_state_dict({"state": state, "param_groups": [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": list(range(
+                sum(len(h["params"]) for h in groups[:gi]),
+                sum(len(h["params"]) for h in groups[:gi + 1])))}
+            for gi, g in enumerate(groups)]})
+    except (TypeError, ValueError, KeyError) as exc:
+        P.fail(f"optimizer {om['class']}: {exc}")
+    return opt, members
 
 
 def load(path, model) -> dict:
-    """Restore a checkpoint into ``model`` (parameters, optimizer, training
-    position, schedule state, history). Returns the checkpoint's metadata.
-    Raises ValueError, changing nothing, if it does not match the model."""
-    meta, files = _read(path)
-    name = os.fspath(path)
-    if meta["layout"] != _layout(model):
-        raise ValueError(f"checkpoint {name!r}: layers {meta['layout']} do not match the model's "
-                         f"{_layout(model)}")
-    params = files["params"]
-    if params.shape != model.param_arena.shape:
-        raise ValueError(f"checkpoint {name!r}: {params.shape[0]} parameters; the model has "
-                         f"{model.param_arena.size}")
-    dropouts = _dropouts(model)
-    if len(meta["dropout"]) != len(dropouts):
-        raise ValueError(f"checkpoint {name!r}: {len(meta['dropout'])} dropout layers; the model has {len(dropouts)}")
+    """Restore a checkpoint into ``model``: parameters, dropout streams and
+    the whole :class:`fusedtrain.train.TrainState` (optimizer with its
+    state, epoch, step, RNG, schedule, loss scaler, history), which replaces
+    the model's. Returns the checkpoint's metadata (a dict).
 
-    # build the optimizer aside and load its state: this validates it
-    new_opt = None
-    om = meta["optimizer"]
-    if om is not None:
-        cls = getattr(_optim, om["class"], None)
-        if not (isinstance(cls, type) and issubclass(cls, _optim.Optimizer)):
-            raise ValueError(f"checkpoint {name!r}: unknown optimizer class {om['class']!r}")
-        plist = model.parameters()
-        groups = []
-        for g in om["param_groups"]:
-            idx = g["params"]
-            if any(not isinstance(i, int) or not 0 <= i < len(plist) for i in idx):
-                raise ValueError(f"checkpoint {name!r}: optimizer parameter indices {idx} out of range")
-            hyper = {k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
-            groups.append({"params": [plist[i] for i in idx], **hyper})
-        new_opt = cls(groups)
-        state = {}
-        for idx, entry in om["state"].items():
-            state[int(idx)] = {"step": entry["step"],
-                               **{k: files[f"optim.{idx}.{k}"] for k in entry["buffers"]}}
-        sd_groups = [{**{k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items()}}
-                     for g in om["param_groups"]]
-        new_opt.load_state_dict({"state": state, "param_groups": sd_groups})
-
-    train_state = None
-    if meta["train_state"] is not None:
-        rng = np.random.default_rng()
-        try:
-            rng.bit_generator.state = meta["train_state"]["rng"]
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"checkpoint {name!r}: bad RNG state ({exc})") from None
-        train_state = {"epoch": int(meta["train_state"]["epoch"]),
-                       "step": int(meta["train_state"]["step"]), "rng": rng}
-        scaler_state = meta["train_state"].get("loss_scaler")
-        if scaler_state is not None:
-            from .amp import DynamicLossScaler
-
-            try:
-                scaler = DynamicLossScaler()
-                scaler.load_state_dict(scaler_state)
-            except (TypeError, ValueError, KeyError) as exc:
-                raise ValueError(f"checkpoint {name!r}: bad loss scaler state ({exc})") from None
-            train_state["loss_scaler"] = scaler
-
-    # everything checked: apply
-    from .train import History
-
-    np.copyto(model.param_arena, params.astype(model.dtype, copy=False))
-    for layer, (seed, offset) in zip(dropouts, meta["dropout"]):
-        layer.seed, layer.offset = int(seed), int(offset)
-    model.optimizer = new_opt
-    model.train_state = train_state
-    model.history = History.from_dict(meta["history"]) if meta["history"] else None
-    model.pending_schedule_state = meta["schedule"]
+    Raises ValueError naming the file and what is wrong when the file is
+    damaged or does not fit the model; then nothing is changed."""
+    with model._lock:
+        meta, params, streams, state = _read(path, model)
+        # everything checked: assign
+        np.copyto(model.param_arena, params, casting="same_kind")
+        for layer, (seed, offset) in zip(_dropouts(model), streams):
+            layer.seed, layer.offset = seed, offset
+        model.train_state = state
     return meta

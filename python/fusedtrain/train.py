@@ -1,4 +1,9 @@
-"""fit / evaluate / predict, callbacks and history for :class:`fusedtrain.nn.Sequential`.
+"""fit / evaluate / predict for :class:`fusedtrain.nn.Sequential`, and the
+one object that holds a training run's state (:class:`TrainState`).
+
+The package reads top-down: ``cli -> train -> nn / optim -> ops -> backend
+-> _core / _cuda``; :mod:`fusedtrain.checkpoint` writes a model and its
+:class:`TrainState` to a file and reads them back.
 
 A training step is: gather the batch into a preallocated buffer, forward
 through the fused dense kernels, one fused loss call (loss and gradient),
@@ -9,271 +14,131 @@ batch shapes exist.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import numbers
-import sys
 import time
 
 import numpy as np
 
 from . import _core
+from . import _validate as V
 from . import amp as _amp
 from . import metrics as _metrics
 from . import ops as _ops
 from . import optim as _optim
 from . import schedules as _schedules
+from .callbacks import (Callback, EarlyStopping, History, HistoryLogger, ModelCheckpoint,
+                        _Progress)
 from .nn import losses as _losses
 
-__all__ = ["fit", "evaluate", "predict", "cross_validate", "History", "Callback",
-           "EarlyStopping", "ModelCheckpoint", "HistoryLogger"]
+__all__ = ["fit", "evaluate", "predict", "cross_validate", "TrainState", "History", "Callback",
+           "EarlyStopping", "ModelCheckpoint", "HistoryLogger", "ON_NONFINITE"]
 
-OPTIMIZERS = {"adam": _optim.Adam, "adamw": _optim.AdamW, "sgd": _optim.SGD,
-              "rmsprop": _optim.RMSProp, "adagrad": _optim.Adagrad}
+#: what fit does with a step whose loss or gradients are inf / NaN
+ON_NONFINITE = ("raise", "skip", "ignore")
+
+_DEFAULT_LR = 1e-3  # of an optimizer fit creates without an lr
 
 
 # ---------------------------------------------------------------------------
-# history and callbacks
+# the training state
 # ---------------------------------------------------------------------------
-class History:
-    """Per-epoch records: ``history.history["loss"]``, ``["val_accuracy"]``,
-    ``["lr"]``, ``["time"]``, ..."""
+class TrainState:
+    """Everything a training run carries from one optimizer step to the
+    next, in one object: ``model.train_state`` (None before the first
+    :func:`fit` or checkpoint load). :mod:`fusedtrain.checkpoint` writes it
+    whole and reads it back whole, so a resumed run continues exactly where
+    the saved one stopped.
+
+    Attributes:
+
+    ``epoch``, ``step``
+        Epochs completed and optimizer steps taken (a step skipped for
+        overflow or a non-finite loss counts: it consumed its batches).
+    ``rng``
+        The shuffling generator (``numpy.random.Generator``); None until
+        the first fit makes it from its ``seed``.
+    ``optimizer``
+        The :class:`fusedtrain.optim.Optimizer` over the model's parameters.
+    ``schedule``
+        The schedule object the last fit set the learning rate from (None:
+        none). ``schedule_name`` is the name it was built from (None for a
+        schedule object) and ``base_lr`` the learning rate a named schedule
+        starts from: fixed when the name is first used, so a later fit (or
+        a resumed run) continues the same curve instead of restarting it
+        from an annealed learning rate.
+    ``pending_schedule``
+        ``(class name, state)`` of a schedule object read from a
+        checkpoint; loaded into the next schedule object of that class fit
+        is given.
+    ``loss_scaler``
+        The :class:`fusedtrain.amp.DynamicLossScaler` of
+        ``fit(loss_scale="dynamic")``.
+    ``history``
+        The :class:`fusedtrain.callbacks.History` of every epoch so far.
+    ``nonfinite_steps``
+        Optimizer steps skipped so far for a non-finite loss or gradient
+        (``fit(on_nonfinite="skip")``).
+    ``stop_training``
+        Set by a callback to end fit after the current epoch.
+
+    ``state["epoch"]``, ``state["step"]``, ``state["rng"]`` and
+    ``state["loss_scaler"]`` read the attributes of those names.
+    """
+
+    _ITEMS = ("epoch", "step", "rng", "loss_scaler")
 
     def __init__(self):
-        self.history: dict[str, list] = {}
-        self.epochs: list[int] = []
-
-    def append(self, epoch: int, logs: dict) -> None:
-        self.epochs.append(epoch)
-        for k, v in logs.items():
-            self.history.setdefault(k, []).append(v)
+        self.epoch = 0
+        self.step = 0
+        self.rng = None
+        self.optimizer = None
+        self.schedule = None
+        self.schedule_name = None
+        self.base_lr = None
+        self.pending_schedule = None
+        self.loss_scaler = None
+        self.history = History()
+        self.nonfinite_steps = 0
+        self.stop_training = False
 
     def __getitem__(self, key):
-        return self.history[key]
+        if key not in self._ITEMS:
+            raise KeyError(key)
+        return getattr(self, key)
 
-    def plot(self, path) -> None:
-        """Write a PNG of the loss and metric curves (needs matplotlib:
-        ``pip install "fusedtrain[examples]"``)."""
-        try:
-            import matplotlib
+    def get(self, key, default=None):
+        value = self[key] if key in self._ITEMS else None
+        return default if value is None else value
 
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:  # optional extra
-            raise ImportError('History.plot needs matplotlib: pip install "fusedtrain[examples]"') from exc
-        names = [k for k in self.history if k not in ("lr", "time") and not k.startswith("val_")]
-        fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False)
-        for ax, name in zip(axes[0], names):
-            ax.plot(self.epochs, self.history[name], marker="o", label=f"train {name}")
-            if "val_" + name in self.history:
-                ax.plot(self.epochs, self.history["val_" + name], marker="o", label=f"validation {name}")
-            ax.set_xlabel("epoch")
-            ax.set_title(name)
-            ax.grid(alpha=0.3)
-            ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-
-    def to_dict(self) -> dict:
-        return {"epochs": list(self.epochs), "history": {k: list(v) for k, v in self.history.items()}}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "History":
-        h = cls()
-        h.epochs = list(d.get("epochs", []))
-        h.history = {k: list(v) for k, v in d.get("history", {}).items()}
-        return h
-
-
-class Callback:
-    """Hooks called by fit. Set ``model.stop_training = True`` to stop."""
-
-    def on_train_begin(self, model, logs=None):
-        pass
-
-    def on_epoch_end(self, epoch, logs, model):
-        pass
-
-    def on_train_end(self, model, logs=None):
-        pass
-
-
-def _monitor_mode(monitor, mode):
-    if mode not in ("auto", "min", "max"):
-        raise ValueError(f"mode must be 'auto', 'min' or 'max'; received {mode!r}")
-    if mode == "auto":
-        mode = "max" if any(s in monitor for s in ("acc", "auc", "f1", "precision", "recall")) else "min"
-    return mode
-
-
-def _improved(value, best, mode, min_delta):
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved by more than ``min_delta`` for
-    ``patience`` epochs; with restore_best, put back the best epoch's weights."""
-
-    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto",
-                 restore_best=True):
-        self.monitor = monitor
-        self.patience = int(patience)
-        self.min_delta = float(min_delta)
-        self.mode = _monitor_mode(monitor, mode)
-        self.restore_best = restore_best
-        self.best = None
-        self.best_epoch = None
-        self.wait = 0
-        self._best_params = None
-        self.stopped_epoch = None
-
-    def on_train_begin(self, model, logs=None):
-        self.best, self.best_epoch, self.wait, self._best_params = None, None, 0, None
-        self.stopped_epoch = None
-
-    def on_epoch_end(self, epoch, logs, model):
-        if self.monitor not in logs:
-            raise ValueError(f"EarlyStopping: monitor {self.monitor!r} is not among the logged "
-                             f"values {sorted(logs)}")
-        value = logs[self.monitor]
-        if _improved(value, self.best, self.mode, self.min_delta):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            if self.restore_best:
-                if self._best_params is None:
-                    self._best_params = np.empty_like(model.param_arena)
-                np.copyto(self._best_params, model.param_arena)
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.stopped_epoch = epoch
-                model.stop_training = True
-
-    def on_train_end(self, model, logs=None):
-        if self.restore_best and self._best_params is not None and self.best_epoch is not None:
-            np.copyto(model.param_arena, self._best_params)
-
-
-class ModelCheckpoint(Callback):
-    """Save a checkpoint (model + optimizer + training state) after each
-    epoch, or only when ``monitor`` improves (save_best_only). ``path`` may
-    contain ``{epoch}``."""
-
-    def __init__(self, path, monitor="val_loss", save_best_only=True, mode="auto"):
-        self.path = str(path)
-        self.monitor = monitor
-        self.save_best_only = save_best_only
-        self.mode = _monitor_mode(monitor, mode)
-        self.best = None
-
-    def on_epoch_end(self, epoch, logs, model):
-        if self.save_best_only:
-            value = logs.get(self.monitor)
-            if value is None:
-                raise ValueError(f"ModelCheckpoint: monitor {self.monitor!r} is not among the "
-                                 f"logged values {sorted(logs)}")
-            if not _improved(value, self.best, self.mode, 0.0):
-                return
-            self.best = value
-        model.save(self.path.format(epoch=epoch + 1), model.optimizer)
-
-
-class HistoryLogger(Callback):
-    """Append each epoch's logs to a CSV file or a JSON-lines file (by the
-    extension: .csv, else JSON lines)."""
-
-    def __init__(self, path):
-        self.path = str(path)
-        self._keys = None
-
-    def on_epoch_end(self, epoch, logs, model):
-        row = {"epoch": epoch + 1, **logs}
-        if self.path.endswith(".csv"):
-            new = self._keys is None
-            if new:
-                self._keys = list(row)
-            with open(self.path, "w" if new else "a", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self._keys, extrasaction="ignore")
-                if new:
-                    w.writeheader()
-                w.writerow(row)
-        else:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-
-
-# ---------------------------------------------------------------------------
-# progress
-# ---------------------------------------------------------------------------
-class _Progress:
-    """A tqdm bar per epoch on a terminal; one plain line per epoch otherwise
-    (CI logs); nothing when disabled."""
-
-    def __init__(self, enabled, epochs, steps):
-        self.enabled = enabled
-        self.epochs = epochs
-        self.steps = steps
-        self.bar = None
-        self.tty = enabled and sys.stdout.isatty()
-        if self.tty:
-            try:
-                import tqdm  # noqa: F401
-            except ImportError:
-                self.tty = False
-
-    def start(self, epoch):
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=True,
-                            dynamic_ncols=True, file=sys.stdout)
-
-    def update(self, loss, lr):
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-
-    def end(self, epoch, logs):
-        if not self.enabled:
-            return
-        text = "  ".join(f"{k}={_fmt(v)}" for k, v in logs.items())
-        if self.bar is not None:
-            self.bar.set_postfix_str(text)
-            self.bar.close()
-            self.bar = None
-        else:
-            print(f"epoch {epoch + 1}/{self.epochs}  {text}", flush=True)
-
-
-def _fmt(v):
-    if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
-    return str(v)
+    def __repr__(self) -> str:
+        opt = type(self.optimizer).__name__ if self.optimizer is not None else None
+        sched = self.schedule_name or (type(self.schedule).__name__ if self.schedule else None)
+        return (f"TrainState(epoch={self.epoch}, step={self.step}, optimizer={opt}, "
+                f"schedule={sched}, nonfinite_steps={self.nonfinite_steps})")
 
 
 # ---------------------------------------------------------------------------
 # argument checks
 # ---------------------------------------------------------------------------
-def _int_at_least(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}; received {value!r}")
-    return int(value)
-
-
 def _clip_norm(value):
-    """None (no clipping) or a real max_norm > 0."""
+    """None (no clipping) or a finite max_norm > 0."""
+    return None if value is None else V.positive("clip_norm", value)
+
+
+def _on_nonfinite(value) -> str:
+    if not isinstance(value, str) or value not in ON_NONFINITE:
+        raise ValueError(f"on_nonfinite must be one of {list(ON_NONFINITE)}; received {value!r}")
+    return value
+
+
+def _lr(value):
+    """None (the optimizer's own) or a finite lr >= 0."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"clip_norm must be None or a real number > 0 (the largest gradient "
-                        f"norm kept); received {type(value).__name__} {value!r}")
-    if not value > 0:
-        raise ValueError(f"clip_norm must be None or a real number > 0 (the largest gradient "
-                         f"norm kept); received {value!r}")
-    return float(value)
+    v = V.at_least("lr", value)
+    if not math.isfinite(v):
+        raise ValueError(f"lr must be a finite number >= 0; received {v!r}")
+    return v
 
 
 def _inputs(model, x, name="x"):
@@ -299,18 +164,41 @@ def _targets(model, loss, x, y, name="y"):
     return y
 
 
-def _optimizer(model, optimizer, lr):
+
+def _owns_model(opt, model) -> None:
+    """opt must step exactly the model's parameters, in the model's order
+    (fit hands it the model's gradients in that order)."""
+    mine = model.parameters()
+    theirs = opt.params
+    if len(theirs) != len(mine) or any(a is not b for a, b in zip(theirs, mine)):
+        raise ValueError(
+            f"optimizer: expected an optimizer over this model's {len(mine)} parameters "
+            f"(built with model.parameters()); received {type(opt).__name__} over "
+            f"{len(theirs)} other arrays")
+
+
+def _optimizer(model, state, optimizer, lr):
+    """The optimizer this fit steps, and whether it is new (not yet in the
+    state). None continues the state's optimizer (a new Adam when there is
+    none); a name continues the state's optimizer when it is of that class
+    and makes a new one otherwise; an Optimizer object is used as it is."""
+    current = state.optimizer if state is not None else None
     if isinstance(optimizer, _optim.Optimizer):
-        return optimizer
+        _owns_model(optimizer, model)
+        return optimizer, optimizer is not current
     if optimizer is None:
-        optimizer = "adam"
-    if not isinstance(optimizer, str) or optimizer.lower() not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(map(repr, OPTIMIZERS))} or an "
-                         f"Optimizer; received {optimizer!r}")
-    cls = OPTIMIZERS[optimizer.lower()]
-    if type(model.optimizer) is cls:
-        return model.optimizer  # continue with its state
-    return cls(model.parameters(), lr=lr)
+        if current is not None:
+            return current, False
+        cls = _optim.Adam
+    else:
+        try:
+            cls = _optim.get(optimizer)
+        except (TypeError, ValueError):
+            raise ValueError(f"optimizer must be one of {list(_optim.NAMES)} or an Optimizer; "
+                             f"received {optimizer!r:.80}") from None
+        if type(current) is cls:
+            return current, False  # continue with its state
+    return cls(model.parameters(), lr=_DEFAULT_LR if lr is None else lr), True
 
 
 def _loss_scaler(loss_scale, state):
@@ -322,14 +210,33 @@ def _loss_scaler(loss_scale, state):
     if isinstance(loss_scale, _amp.DynamicLossScaler):
         return loss_scale
     if isinstance(loss_scale, str) and loss_scale == "dynamic":
-        scaler = state.get("loss_scaler")
-        if scaler is None:
-            scaler = state["loss_scaler"] = _amp.DynamicLossScaler()
-        return scaler
-    if isinstance(loss_scale, numbers.Real) and not isinstance(loss_scale, bool):
+        kept = state.loss_scaler if state is not None else None
+        return kept if kept is not None else _amp.DynamicLossScaler()
+    if isinstance(loss_scale, (int, float, np.floating, np.integer)) \
+            and not isinstance(loss_scale, bool):
         return _amp.DynamicLossScaler(loss_scale, growth_factor=1.0, backoff_factor=1.0)
     raise ValueError("loss_scale must be None, 'dynamic', a number > 0 or a DynamicLossScaler; "
                      f"received {loss_scale!r}")
+
+
+def _schedule(schedule, state, opt, new_opt, lr, total_steps):
+    """(schedule object, name, base lr) for this fit. A name is built with
+    ``total_steps`` = the steps already taken plus this call's, from the
+    learning rate it first started from (kept in the state) unless ``lr``
+    is given or the optimizer is new."""
+    if schedule is None:
+        return None, None, None
+    if not isinstance(schedule, str):
+        _schedules.get(schedule, lr=0.0)  # TypeError unless it has lr(step)
+        return schedule, None, None
+    if lr is not None:
+        base = lr
+    elif not new_opt and state is not None and state.base_lr is not None:
+        base = state.base_lr
+    else:
+        base = float(opt.param_groups[0]["lr"])
+    sched = _schedules.get(schedule, lr=base, total_steps=total_steps)
+    return sched, schedule.strip().lower(), base
 
 
 def _metric_fns(metrics):
@@ -344,6 +251,30 @@ def _metric_fns(metrics):
         else:
             out[m] = _metrics.get(m)
     return out
+
+
+def _split(x, y, validation_data, validation_split, seed, model, loss_fn):
+    """(x, y, validation pair or None) after validation_split."""
+    if validation_data is not None and validation_split is not None:
+        raise ValueError("pass validation_data or validation_split, not both")
+    if validation_split is not None:
+        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
+                or not 0.0 < validation_split < 1.0:
+            raise ValueError(f"validation_split must be in (0, 1); received {validation_split!r}")
+        n_val = max(1, int(round(len(x) * validation_split)))
+        if n_val >= len(x):
+            raise ValueError(f"validation_split={validation_split} leaves no training samples")
+        split = np.random.default_rng(seed).permutation(len(x))
+        validation_data = (x[split[:n_val]], y[split[:n_val]])
+        x, y = np.ascontiguousarray(x[split[n_val:]]), np.ascontiguousarray(y[split[n_val:]])
+    if validation_data is None:
+        return x, y, None
+    try:
+        xv, yv = validation_data
+    except (TypeError, ValueError):
+        raise ValueError("validation_data must be a pair (x_val, y_val)") from None
+    xv = _inputs(model, xv, "validation_data[0]")
+    return x, y, (xv, _targets(model, loss_fn, xv, yv, "validation_data[1]"))
 
 
 # ---------------------------------------------------------------------------
@@ -379,22 +310,246 @@ def _parallel_take(src, idx) -> bool:
             and idx.dtype == np.int64 and idx.flags.c_contiguous)
 
 
-def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, batch_size=128,
+class _Run:
+    """One call of :func:`fit`: everything checked and set up by
+    :meth:`setup` (which changes nothing of the model), then
+    :meth:`epoch` per epoch and :meth:`optimizer_step` per window of
+    ``accumulate_steps`` batches."""
+
+    def __init__(self, model, x, y, loss, optimizer, lr, epochs, batch_size, shuffle, seed,
+                 validation_data, validation_split, metrics, schedule, callbacks, progress,
+                 clip_norm, accumulate_steps, loss_scale, on_nonfinite):
+        self.model = model
+        self.loss_fn = _losses.get(loss)
+        x = _inputs(model, x)
+        y = _targets(model, self.loss_fn, x, y)
+        self.epochs = V.integer("epochs", epochs, 0)
+        self.batch_size = V.integer("batch_size", batch_size, 1)
+        self.shuffle = V.flag("shuffle", shuffle)
+        seed = V.uint64("seed", seed)
+        self.clip_norm = _clip_norm(clip_norm)
+        self.accumulate = V.integer("accumulate_steps", accumulate_steps, 1)
+        self.on_nonfinite = _on_nonfinite(on_nonfinite)
+        lr = _lr(lr)
+        self.x, self.y, self.validation = _split(x, y, validation_data, validation_split, seed,
+                                                 model, self.loss_fn)
+        if len(self.x) == 0:
+            raise ValueError("x: expected at least one training sample; received 0")
+        self.metric_fns = _metric_fns(metrics)
+        self.callbacks = list(callbacks or ())
+        for i, cb in enumerate(self.callbacks):
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks[{i}]: expected a fusedtrain.train.Callback; "
+                                f"received {type(cb).__name__}")
+        self.progress = progress
+        batches = math.ceil(len(self.x) / self.batch_size)
+        self.batches_per_epoch = batches
+        steps_per_epoch = math.ceil(batches / self.accumulate)  # optimizer steps
+
+        old = model.train_state
+        self.opt, new_opt = _optimizer(model, old, optimizer, lr)
+        self.scaler = _loss_scaler(loss_scale, old)
+        self.keep_scaler = isinstance(loss_scale, str)
+        taken = old.step if old is not None else 0
+        self.sched, self.sched_name, self.base_lr = _schedule(
+            schedule, old, self.opt, new_opt, lr, taken + self.epochs * steps_per_epoch)
+        pending = old.pending_schedule if old is not None else None
+        self.load_pending = (self.sched is not None and self.sched_name is None and pending
+                             and pending[0] == type(self.sched).__name__
+                             and hasattr(self.sched, "load_state_dict"))
+        if self.load_pending:
+            self.sched.load_state_dict(pending[1])  # checked there; resumed from a checkpoint
+        self.lr = lr
+        self.seed = seed
+
+    def commit(self) -> TrainState:
+        """Everything checked: the model's train state takes this fit's
+        optimizer, schedule and scaler."""
+        model = self.model
+        state = model.train_state
+        if state is None:
+            state = model.train_state = TrainState()
+        if state.rng is None:
+            state.rng = np.random.default_rng(self.seed)
+        if self.lr is not None:
+            for g in self.opt.param_groups:
+                g["lr"] = self.lr
+        state.optimizer = self.opt
+        state.schedule = self.sched
+        state.schedule_name, state.base_lr = self.sched_name, self.base_lr
+        if self.load_pending or self.sched_name is not None:
+            state.pending_schedule = None
+        if self.keep_scaler:
+            state.loss_scaler = self.scaler  # "dynamic": the scale goes on in the next fit
+        state.stop_training = False
+        self.state = state
+        self.grads = model.gradients()
+        self.arena = model.grad_arena  # the gradients as one array: one check, one clip
+        return state
+
+    # ------------------------------------------------------------------ steps
+    def optimizer_step(self, loss_ok: bool, where: str) -> bool:
+        """One optimizer step from the gradient arena (the window's summed
+        gradients); returns whether it was taken. A step whose loss or
+        gradients are inf / NaN is never applied silently: with a loss
+        scaler, an overflow of the scaled gradients skips it and backs the
+        scale off (the scaler's job); otherwise ``on_nonfinite`` decides."""
+        opt, scaler, grads = self.opt, self.scaler, self.grads
+        check = self.on_nonfinite != "ignore"
+        if check and not loss_ok:
+            return self._nonfinite("loss", where)
+        if scaler is None:
+            if self.clip_norm is not None:
+                total = _ops.clip_grad_norm_(self.arena, self.clip_norm)
+                bad = check and not math.isfinite(total)
+            else:
+                bad = check and _amp.found_nonfinite(self.arena)
+            if bad:
+                return self._nonfinite("gradient", where)
+            opt.step(grads)
+            return True
+        if self.clip_norm is None:
+            return scaler.step(opt, grads)  # unscaled inside the fused step
+        # as torch's GradScaler.unscale_ before clipping
+        arena = self.arena
+        with np.errstate(over="ignore", invalid="ignore"):
+            arena *= arena.dtype.type(1.0 / scaler.scale)
+        found = _amp.found_nonfinite(self.arena)
+        if not found:
+            _ops.clip_grad_norm_(self.arena, self.clip_norm)
+        opt.step(grads, found_inf=found)
+        scaler.update(found)
+        return not found
+
+    def _nonfinite(self, what: str, where: str) -> bool:
+        if self.on_nonfinite == "raise":
+            raise FloatingPointError(
+                f"fit: non-finite {what} (inf or NaN) at {where}; the step was not taken, so "
+                "the parameters and the optimizer state are as they were before it. Check the "
+                "data and the learning rate, or pass on_nonfinite='skip' to skip such steps")
+        self.skipped += 1
+        self.state.nonfinite_steps += 1
+        return False
+
+    # ------------------------------------------------------------------ epochs
+    def epoch(self, batcher, bar) -> dict:
+        """One pass over the training data; returns the epoch's logs."""
+        model, state, loss_fn = self.model, self.state, self.loss_fn
+        opt, sched, metric_fns = self.opt, self.sched, self.metric_fns
+        n, bs = len(self.x), self.batch_size
+        window = bs * self.accumulate  # samples of one optimizer step
+        epoch = state.epoch
+        t0 = time.perf_counter()
+        order = state.rng.permutation(n) if self.shuffle else np.arange(n)
+        bar.start(epoch)
+        self.skipped = 0
+        total_loss, counted = 0.0, 0
+        sums = {k: 0.0 for k in metric_fns}
+        window_ok = True
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            xb, yb = batcher.get(idx)
+            w0 = start - start % window
+            first = start == w0  # the window's first batch
+            last = start + bs >= min(n, w0 + window)
+            if first:
+                window_ok = True
+                if sched is not None:
+                    new_lr = float(sched.lr(state.step))
+                    for g in opt.param_groups:
+                        g["lr"] = new_lr
+            out = model.forward(xb, training=True)
+            batch_loss, dout = loss_fn(out, yb)
+            batch_loss = float(batch_loss)
+            ok = math.isfinite(batch_loss)
+            if ok or self.on_nonfinite == "ignore":
+                for k, f in metric_fns.items():  # before backward: out is still this batch's
+                    sums[k] += f(yb, out) * len(idx)
+                total_loss += batch_loss * len(idx)
+                counted += len(idx)
+            b = start // bs + 1
+            if not ok and self.on_nonfinite == "raise":
+                self._nonfinite("loss", f"epoch {epoch + 1}, batch {b}")
+            window_ok = window_ok and ok
+            if self.accumulate > 1:
+                # this batch's share of the window's mean loss
+                dout *= len(idx) / (min(n, w0 + window) - w0)
+            if self.scaler is not None:
+                with np.errstate(over="ignore", invalid="ignore"):  # inf: a skipped step
+                    dout *= dout.dtype.type(self.scaler.scale)
+            model.backward(dout, accumulate=not first)
+            if last:
+                b0 = w0 // bs + 1
+                where = f"epoch {epoch + 1}, " + (f"batch {b}" if b0 == b else f"batches {b0}-{b}")
+                self.optimizer_step(window_ok, where)
+                state.step += 1
+            bar.update(batch_loss, opt.param_groups[0]["lr"])
+        logs = {"loss": total_loss / counted if counted else math.nan}
+        logs.update({k: (v / counted if counted else math.nan) for k, v in sums.items()})
+        if self.validation is not None:
+            xv, yv = self.validation
+            logs.update({"val_" + k: v for k, v in
+                         evaluate(model, xv, yv, loss=loss_fn, metrics=metric_fns).items()})
+        logs["lr"] = float(opt.param_groups[0]["lr"])
+        if self.scaler is not None:
+            logs["loss_scale"] = self.scaler.scale
+        if self.on_nonfinite == "skip":
+            logs["nonfinite_steps"] = self.skipped
+        logs["time"] = time.perf_counter() - t0
+        state.epoch += 1
+        if sched is not None and hasattr(sched, "observe"):
+            sched.observe(logs.get("val_loss", logs["loss"]))
+        state.history.append(epoch + 1, logs)
+        bar.end(epoch, logs)
+        return logs
+
+    def train(self) -> History:
+        state = self.commit()
+        model = self.model
+        for cb in self.callbacks:
+            cb.on_train_begin(model)
+        batcher = _Batcher(self.x, self.y)
+        bar = _Progress(self.progress, state.epoch + self.epochs, self.batches_per_epoch)
+        for _ in range(self.epochs):
+            epoch = state.epoch
+            logs = self.epoch(batcher, bar)
+            for cb in self.callbacks:
+                cb.on_epoch_end(epoch, logs, model)
+            if state.stop_training:
+                break
+        for cb in self.callbacks:
+            cb.on_train_end(model)
+        return state.history
+
+
+def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=None, epochs=10, batch_size=128,
         shuffle=True, seed=0, validation_data=None, validation_split=None, metrics=("accuracy",),
         schedule=None, callbacks=(), progress=True, clip_norm=None, accumulate_steps=1,
-        loss_scale=None):
+        loss_scale=None, on_nonfinite="raise"):
     """Train ``model`` on (x, y); returns the :class:`History` (also model.history).
 
+    Every argument is checked before anything changes: a call that raises
+    ValueError / TypeError has changed neither the model nor its state.
+
     loss: "cross_entropy" (integer labels), "bce" or "mse", or a Loss.
-    optimizer: an Optimizer over model.parameters(), or a name ("adam",
-    "adamw", "sgd", "rmsprop", "adagrad") created with ``lr``; None reuses
-    the model's optimizer from an earlier fit or checkpoint (else Adam).
+    optimizer: an Optimizer over exactly ``model.parameters()`` (ValueError
+    otherwise), or a name of :func:`fusedtrain.optim.get` ("adam", "adamw",
+    "sgd", "rmsprop", "adagrad"): the model's current optimizer (from an
+    earlier fit or a loaded checkpoint) when it is of that class, with its
+    state, else a new one. None (default) continues the model's optimizer,
+    whatever its class; a new Adam when it has none.
+    lr: None (default) keeps the optimizer's learning rate (1e-3 for one
+    fit creates); a number sets every parameter group's lr first.
     schedule: None (keep the optimizer's lr), a name for
     :func:`fusedtrain.schedules.get`, or a schedule object; it sets every
     group's lr before each step from the global step count (ReduceOnPlateau
-    observes ``val_loss``, else ``loss``, once per epoch).
+    observes ``val_loss``, else ``loss``, once per epoch). A name spans the
+    steps already taken plus this call's (``total_steps``), starting from
+    the lr it started from the first time (``TrainState.base_lr``), so a run
+    stopped and resumed follows the same curve as one that never stopped.
     Training continues where an earlier fit (or a loaded checkpoint) left
-    off: the step count, the shuffling RNG and the dropout streams go on.
+    off: the step count, the optimizer, the shuffling RNG, the dropout
+    streams and a dynamic loss scale go on (see :class:`TrainState`).
 
     clip_norm: None (default) or max_norm > 0: before each optimizer step
     the gradients are clipped to that global L2 norm with
@@ -416,144 +571,44 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=1e-3, epochs=10, b
     The epoch logs gain ``loss_scale``. With clip_norm too, the gradients
     are unscaled first (one pass over the arena, as torch's
     ``GradScaler.unscale_``), checked for inf / NaN, clipped and stepped.
+    on_nonfinite: what a step whose loss or (unscaled) gradients hold inf
+    or NaN does -- such a step is never applied silently:
+
+    - ``"raise"`` (default): FloatingPointError naming the epoch and the
+      batch; the step is not taken, so the parameters and the optimizer
+      state are those before it.
+    - ``"skip"``: the step is not taken and training goes on; the epoch logs
+      gain ``nonfinite_steps`` (the count) and the skipped batches are left
+      out of the logged loss and metrics.
+    - ``"ignore"``: no check (the step is applied, NaN and all).
+
+    With a loss scaler, gradients that overflow are the scaler's business
+    (the step is skipped and the scale backs off); a non-finite loss still
+    goes by on_nonfinite. Without one, the check costs one pass over the
+    gradients (none with clip_norm, whose norm tells).
+
+    Calls on one model (fit, evaluate, predict) from several threads run one
+    at a time (a lock per model).
     """
-    loss_fn = _losses.get(loss)
-    x = _inputs(model, x)
-    y = _targets(model, loss_fn, x, y)
-    epochs = _int_at_least("epochs", epochs, 0)
-    batch_size = _int_at_least("batch_size", batch_size, 1)
-    clip_norm = _clip_norm(clip_norm)
-    accumulate_steps = _int_at_least("accumulate_steps", accumulate_steps, 1)
-    if validation_data is not None and validation_split is not None:
-        raise ValueError("pass validation_data or validation_split, not both")
-    if validation_split is not None:
-        if isinstance(validation_split, bool) or not isinstance(validation_split, numbers.Real) \
-                or not 0.0 < validation_split < 1.0:
-            raise ValueError(f"validation_split must be in (0, 1); received {validation_split!r}")
-        n_val = max(1, int(round(len(x) * validation_split)))
-        if n_val >= len(x):
-            raise ValueError(f"validation_split={validation_split} leaves no training samples")
-        split = np.random.default_rng(seed).permutation(len(x))
-        validation_data = (x[split[:n_val]], y[split[:n_val]])
-        x, y = np.ascontiguousarray(x[split[n_val:]]), np.ascontiguousarray(y[split[n_val:]])
-    if validation_data is not None:
-        try:
-            xv, yv = validation_data
-        except (TypeError, ValueError):
-            raise ValueError("validation_data must be a pair (x_val, y_val)") from None
-        xv = _inputs(model, xv, "validation_data[0]")
-        yv = _targets(model, loss_fn, xv, yv, "validation_data[1]")
-    if len(x) == 0:
-        raise ValueError("x: expected at least one training sample; received 0")
-    opt = _optimizer(model, optimizer, lr)
-    metric_fns = _metric_fns(metrics)
-    batches_per_epoch = math.ceil(len(x) / batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / accumulate_steps)  # optimizer steps
-
-    state = model.train_state
-    if state is None:
-        state = model.train_state = {"epoch": 0, "step": 0, "rng": np.random.default_rng(seed)}
-    scaler = _loss_scaler(loss_scale, state)
-    if schedule is None:
-        sched = None
-    elif isinstance(schedule, str):
-        sched = _schedules.get(schedule, lr=opt.param_groups[0]["lr"],
-                               total_steps=state["step"] + epochs * steps_per_epoch)
-    else:
-        sched = schedule
-    pending = getattr(model, "pending_schedule_state", None)
-    if sched is not None and pending and pending.get("class") == type(sched).__name__ \
-            and hasattr(sched, "load_state_dict"):
-        sched.load_state_dict(pending["state"])  # resumed from a checkpoint
-        model.pending_schedule_state = None
-    model.schedule = sched
-    model.optimizer = opt
-    model.stop_training = False
-    history = model.history if isinstance(model.history, History) else History()
-    model.history = history
-    callbacks = list(callbacks or ())
-    for cb in callbacks:
-        cb.on_train_begin(model)
-
-    batcher = _Batcher(x, y)
-    grads = model.gradients()
-    bar = _Progress(progress, state["epoch"] + epochs, batches_per_epoch)
-    window = batch_size * accumulate_steps  # samples of one optimizer step
-    n = len(x)
-    for _ in range(epochs):
-        epoch = state["epoch"]
-        t0 = time.perf_counter()
-        order = state["rng"].permutation(n) if shuffle else np.arange(n)
-        bar.start(epoch)
-        total_loss = 0.0
-        sums = {k: 0.0 for k in metric_fns}
-        for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
-            xb, yb = batcher.get(idx)
-            first = start % window == 0  # the window's first batch
-            last = start + batch_size >= min(n, start - start % window + window)
-            if sched is not None and first:
-                new_lr = float(sched.lr(state["step"]))
-                for g in opt.param_groups:
-                    g["lr"] = new_lr
-            out = model.forward(xb, training=True)
-            batch_loss, dout = loss_fn(out, yb)
-            for k, f in metric_fns.items():  # before backward: out is still this batch's
-                sums[k] += f(yb, out) * len(idx)
-            if accumulate_steps > 1:
-                # this batch's share of the window's mean loss
-                w0 = start - start % window
-                dout *= len(idx) / (min(n, w0 + window) - w0)
-            if scaler is not None:
-                with np.errstate(over="ignore", invalid="ignore"):  # inf: a skipped step
-                    dout *= dout.dtype.type(scaler.scale)
-            model.backward(dout, accumulate=not first)
-            if last:
-                if scaler is None:
-                    if clip_norm is not None:
-                        _ops.clip_grad_norm_(model.grad_arena, clip_norm)
-                    opt.step(grads)
-                elif clip_norm is None:
-                    scaler.step(opt, grads)  # unscaled inside the fused step
-                else:  # as torch's GradScaler.unscale_ before clipping
-                    arena = model.grad_arena
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        arena *= arena.dtype.type(1.0 / scaler.scale)
-                    found = _amp.found_nonfinite(grads)
-                    if not found:
-                        _ops.clip_grad_norm_(arena, clip_norm)
-                    opt.step(grads, found_inf=found)
-                    scaler.update(found)
-                state["step"] += 1
-            total_loss += float(batch_loss) * len(idx)
-            bar.update(float(batch_loss), opt.param_groups[0]["lr"])
-        logs = {"loss": total_loss / n}
-        logs.update({k: v / n for k, v in sums.items()})
-        if validation_data is not None:
-            logs.update({"val_" + k: v for k, v in
-                         evaluate(model, xv, yv, loss=loss_fn, metrics=metric_fns).items()})
-        logs["lr"] = float(opt.param_groups[0]["lr"])
-        if scaler is not None:
-            logs["loss_scale"] = scaler.scale
-        logs["time"] = time.perf_counter() - t0
-        state["epoch"] += 1
-        if sched is not None and hasattr(sched, "observe"):
-            sched.observe(logs.get("val_loss", logs["loss"]))
-        history.append(epoch + 1, logs)
-        bar.end(epoch, logs)
-        for cb in callbacks:
-            cb.on_epoch_end(epoch, logs, model)
-        if model.stop_training:
-            break
-    for cb in callbacks:
-        cb.on_train_end(model)
-    return history
+    with model._lock:
+        run = _Run(model, x, y, loss, optimizer, lr, epochs, batch_size, shuffle, seed,
+                   validation_data, validation_split, metrics, schedule, callbacks, progress,
+                   clip_norm, accumulate_steps, loss_scale, on_nonfinite)
+        return run.train()
 
 
 def predict(model, x, batch_size=1024):
-    """Model outputs (inference mode) for every row of x, as a new array."""
+    """Model outputs (inference mode) for every row of x, as a new array.
+
+    Safe to call from several threads on one model: the calls run one at a
+    time (the model's layers reuse their output buffers)."""
     x = _inputs(model, x)
-    batch_size = _int_at_least("batch_size", batch_size, 1)
+    batch_size = V.integer("batch_size", batch_size, 1)
+    with model._lock:
+        return _predict(model, x, batch_size)
+
+
+def _predict(model, x, batch_size):
     out = None
     for start in range(0, len(x), batch_size):
         yb = model.forward(x[start:start + batch_size], training=False)
@@ -571,7 +626,9 @@ def evaluate(model, x, y, loss="cross_entropy", metrics=("accuracy",), batch_siz
     x = _inputs(model, x)
     y = _targets(model, loss_fn, x, y)
     metric_fns = metrics if isinstance(metrics, dict) else _metric_fns(metrics)
-    scores = predict(model, x, batch_size=batch_size)
+    batch_size = V.integer("batch_size", batch_size, 1)
+    with model._lock:
+        scores = _predict(model, x, batch_size)
     total = 0.0
     for start in range(0, len(x), batch_size):
         total += float(loss_fn(scores[start:start + batch_size], y[start:start + batch_size])[0]) \
@@ -589,7 +646,7 @@ def cross_validate(make_model, x, y, k=5, seed=0, **fit_kwargs):
     companion: ``{"folds": [...], "mean": {...}}``."""
     x = np.asarray(x)
     y = np.asarray(y)
-    k = _int_at_least("k", k, 2)
+    k = V.integer("k", k, 2)
     if len(x) != len(y):
         raise ValueError(f"y: expected {len(x)} targets (one per sample of x); received {len(y)}")
     if len(x) < k:

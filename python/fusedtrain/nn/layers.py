@@ -9,10 +9,9 @@ into the gradient views (no copies) and returns the gradient of its input.
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
+from .. import _validate as V
 from .. import ops
 from .._ops_dense import activation_code
 from . import init as _init
@@ -20,10 +19,28 @@ from . import init as _init
 __all__ = ["Layer", "Dense", "Dropout"]
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1; received {value!r}")
-    return int(value)
+class _Rows:
+    """Per-layer scratch of (rows, *tail) arrays: one buffer per name, as
+    large as the largest batch seen, handed out as views of its first rows
+    (C-contiguous). Memory stays bounded by the largest batch whatever the
+    sequence of batch sizes (predict over x[:k] for every k, say)."""
+
+    __slots__ = ("_bufs", "_views")
+
+    def __init__(self):
+        self._bufs = {}
+        self._views = {}  # name -> the last view handed out (the same batch size again: it)
+
+    def get(self, name, n, tail, dtype):
+        view = self._views.get(name)
+        if view is not None and len(view) == n and view.shape[1:] == tail and view.dtype == dtype:
+            return view
+        buf = self._bufs.get(name)
+        if buf is None or len(buf) < n or buf.shape[1:] != tail or buf.dtype != dtype:
+            keep = buf is not None and buf.shape[1:] == tail and buf.dtype == dtype
+            buf = self._bufs[name] = np.empty((max(n, len(buf)) if keep else n,) + tail, dtype)
+        view = self._views[name] = buf[:n]
+        return view
 
 
 class Layer:
@@ -67,8 +84,8 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, activation="identity", init=None, bias=True,
                  **act_kwargs):
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = V.integer("in_features", in_features, 1)
+        self.out_features = V.integer("out_features", out_features, 1)
         activation_code(activation, **act_kwargs)  # validates name and kwargs
         self.activation = activation
         self.act_kwargs = dict(act_kwargs)
@@ -76,9 +93,8 @@ class Dense(Layer):
             init = "he_uniform" if activation in ("relu", "leaky_relu") else "xavier_uniform"
         self._init = _init.get(init)
         self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
-        self.use_bias = bool(bias)
-        self._out = {}  # batch size -> preallocated output
-        self._back = {}  # batch size -> preallocated (dx, dz workspace)
+        self.use_bias = V.flag("bias", bias)
+        self._bufs = _Rows()  # output, dx, dz workspace
         self._x = self._saved = None
 
     def param_specs(self):
@@ -102,28 +118,22 @@ class Dense(Layer):
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"{self!r}: expected input of shape (batch, {self.in_features}), "
                              f"received {x.shape}")
-        out = self._out.get(x.shape[0])
-        if out is None:
-            out = self._out[x.shape[0]] = np.empty((x.shape[0], self.out_features),
-                                                   dtype=self.weight.dtype)
+        out = self._bufs.get("out", x.shape[0], (self.out_features,), self.weight.dtype)
         y, saved = ops.dense_forward(x, self.weight, self.bias, self.activation, out=out,
                                      **self.act_kwargs)
         self._x, self._saved = x, saved
         return y
 
     def backward(self, dy, need_dx=True, accumulate=False):
-        n = dy.shape[0]
-        bufs = self._back.get(n)
-        if bufs is None:
-            dt = self.weight.dtype
-            bufs = self._back[n] = (np.empty((n, self.in_features), dt),
-                                    np.empty((n, self.out_features), dt))
+        n, dt = dy.shape[0], self.weight.dtype
+        dx_out = self._bufs.get("dx", n, (self.in_features,), dt) if need_dx else None
+        workspace = None
+        if self.activation not in ("identity", "linear"):
+            workspace = self._bufs.get("dz", n, (self.out_features,), dt)
         dx, _, _ = ops.dense_backward(dy, self._x, self.weight, self._saved, self.activation,
                                       need_dx=need_dx, dw_out=self.grad_weight,
                                       db_out=self.grad_bias, accumulate=accumulate,
-                                      dx_out=bufs[0] if need_dx else None,
-                                      workspace=bufs[1] if self.activation not in ("identity", "linear") else None,
-                                      **self.act_kwargs)
+                                      dx_out=dx_out, workspace=workspace, **self.act_kwargs)
         return dx
 
     def config(self):
@@ -144,25 +154,21 @@ class Dropout(Layer):
     """
 
     def __init__(self, p=0.5):
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
-            raise ValueError(f"p must be in [0, 1); received {p!r}")
-        self.p = float(p)
+        self.p = V.in_range("p", p, 0.0, 1.0, False)
         self.seed = 0
         self.offset = 0
         self._mask = None
-        self._bufs = {}  # shape -> preallocated (y, mask, dx)
+        self._bufs = _Rows()  # y, mask, dx
 
     def forward(self, x, training):
         if not training or self.p == 0.0:
             self._mask = None
             return x
-        bufs = self._bufs.get((x.shape, x.dtype))
-        if bufs is None:
-            bufs = self._bufs[(x.shape, x.dtype)] = (np.empty_like(x), np.empty(x.shape, bool),
-                                                     np.empty_like(x))
-        y, self._mask = ops.dropout(x, self.p, self.seed, self.offset, out=bufs[0],
-                                    mask_out=bufs[1])
-        self._dx = bufs[2]
+        n, tail = x.shape[0], x.shape[1:]
+        y, self._mask = ops.dropout(x, self.p, self.seed, self.offset,
+                                    out=self._bufs.get("y", n, tail, x.dtype),
+                                    mask_out=self._bufs.get("mask", n, tail, np.dtype(bool)))
+        self._dx = self._bufs.get("dx", n, tail, x.dtype)
         self.offset += 1
         return y
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .layers import Dense, Dropout, Layer
@@ -58,9 +60,54 @@ class Sequential:
         for layer in layers:
             if isinstance(layer, Dropout):
                 layer.seed = int(rng.integers(0, 2**63 - 1))
-        self.optimizer = None
-        self.history = None
-        self.train_state = None  # set by fit: epoch, step, shuffle RNG state
+        #: the run's :class:`fusedtrain.train.TrainState` (optimizer, step
+        #: count, schedule, RNG, history, ...): None until the first fit or
+        #: checkpoint load
+        self.train_state = None
+        # fit, evaluate and predict hold it: calls on one model from several
+        # threads run one at a time (the layers reuse their buffers)
+        self._lock = threading.RLock()
+
+    # -------------------------------------------- the training state's parts
+    @property
+    def optimizer(self):
+        """The optimizer of the training state (None before training)."""
+        return self.train_state.optimizer if self.train_state is not None else None
+
+    @optimizer.setter
+    def optimizer(self, value):
+        self._state().optimizer = value
+
+    @property
+    def history(self):
+        """The :class:`fusedtrain.train.History` of the training state (None
+        before training)."""
+        return self.train_state.history if self.train_state is not None else None
+
+    @property
+    def stop_training(self) -> bool:
+        """Set True (from a callback) to end fit after the current epoch."""
+        return self.train_state.stop_training if self.train_state is not None else False
+
+    @stop_training.setter
+    def stop_training(self, value):
+        self._state().stop_training = bool(value)
+
+    def _state(self):
+        if self.train_state is None:
+            from ..train import TrainState
+
+            self.train_state = TrainState()
+        return self.train_state
+
+    def __getstate__(self):  # pickle, copy.deepcopy: the lock is made anew
+        state = self.__dict__.copy()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     # ---------------------------------------------------------- parameters
     def parameters(self) -> list:
@@ -89,8 +136,10 @@ class Sequential:
 
     # ------------------------------------------------------ forward/backward
     def forward(self, x, training=False):
-        """The model's output for a batch x (B, in). Output buffers are reused
-        across calls with the same batch size: copy what you keep."""
+        """The model's output for a batch x (B, in). Each layer keeps one
+        output buffer (of the largest batch seen) and returns a view of its
+        first B rows: copy what you keep. Not for concurrent use: fit,
+        evaluate and predict take the model's lock."""
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
@@ -111,7 +160,7 @@ class Sequential:
     def fit(self, x, y, **kwargs):
         """Train the model; see :func:`fusedtrain.train.fit` for the keyword
         arguments (loss, optimizer, lr, epochs, batch_size, ..., clip_norm,
-        accumulate_steps)."""
+        accumulate_steps, loss_scale, on_nonfinite)."""
         from ..train import fit
 
         return fit(self, x, y, **kwargs)
@@ -123,7 +172,8 @@ class Sequential:
         return evaluate(self, x, y, **kwargs)
 
     def predict(self, x, batch_size=1024):
-        """Model outputs for x, in batches; a new array."""
+        """Model outputs for x, in batches; a new array (thread-safe: see
+        :func:`fusedtrain.train.predict`)."""
         from ..train import predict
 
         return predict(self, x, batch_size=batch_size)
