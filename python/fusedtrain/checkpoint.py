@@ -323,9 +323,10 @@ def _optimizer(r, P, om, model):
     """A new optimizer over the model's parameters with the file's state
     loaded (its own load_state_dict checks the state against it)."""
     P.dict(om, "optimizer", ("class", "param_groups", "state"))
-    cls = _optim.__dict__.get(P.str(om["class"], "optimizer class"))
-    if not (isinstance(cls, type) and issubclass(cls, _optim.Optimizer)):
-        P.fail(f"unknown optimizer class {om['class']!r}")
+    known = {c.__name__: c for c in map(_optim.get, _optim.NAMES)}
+    cls = known.get(P.str(om["class"], "optimizer class"))
+    if cls is None:
+        P.fail(f"unknown optimizer class {om['class']!r}; expected one of {sorted(known)}")
     plist = model.parameters()
     seen = []
     groups = []
@@ -338,8 +339,8 @@ def _optimizer(r, P, om, model):
         hyper = {k: (tuple(v) if isinstance(v, list) else v) for k, v in g.items() if k != "params"}
         groups.append({"params": [plist[i] for i in idx], **hyper})
     if sorted(seen) != list(range(len(plist))):
-        P.fail(f"optimizer param_groups cover the parameters {seen}; expected each of the "
-               f"model's {len(plist)} parameters exactly once")
+        P.fail(f"optimizer param_groups' params are {seen}; expected each of the model's "
+               f"{len(plist)} parameter indices exactly once")
     # the state's keys are the optimizer's own parameter indices
     P.obj(om["state"], "optimizer state")
     state, members = {}, set()
