@@ -20,6 +20,7 @@ void bind_dense(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_norm(py::module_& m);
 void bind_gather(py::module_& m);
+void bind_bench(py::module_& m);  // benchmark-only kernels (bind/bench_bind.cpp)
 }
 
 #ifndef FT_CXX_COMPILER
@@ -104,4 +105,5 @@ PYBIND11_MODULE(_core, m) {
   fusedtrain::bind::bind_loss(m);
   fusedtrain::bind::bind_norm(m);
   fusedtrain::bind::bind_gather(m);
+  fusedtrain::bind::bind_bench(m);
 }

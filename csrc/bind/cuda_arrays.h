@@ -12,8 +12,10 @@
 #include <string>
 #include <string_view>
 
-#include "bind/names.h"
 #include <utility>
+
+#include "bind/names.h"
+#include "fusedtrain/dtype.h"
 
 namespace fusedtrain {
 namespace bind __attribute__((visibility("hidden"))) {
@@ -47,6 +49,14 @@ int64_t itemsize_of(std::string_view typestr);
 // when h has none (`expected` says what was expected) or it is malformed.
 void parse(std::string_view name, py::handle h, std::string_view expected, DevArray& a);
 bool same_shape(const DevArray& a, const DevArray& b);
+
+// The kernels' view of a checked array: its device address, and its dtype
+// when float_dtype accepted it ('<f4' or '<f8').
+inline void* ptr_of(const DevArray& a) { return reinterpret_cast<void*>(a.ptr); }
+inline DType dtype_of(const DevArray& a) { return a.typestr == "<f4" ? DType::F32 : DType::F64; }
+// The cudaStream_t of an entry point's `stream` argument (an integer; 0 is the
+// legacy default stream).
+inline void* as_stream(uintptr_t stream) { return reinterpret_cast<void*>(stream); }
 
 // A GPU is usable (queried once).
 bool has_device();

@@ -81,12 +81,6 @@ py::object allocate(py::handle empty, const char* name, int64_t rows, int64_t co
   return make_output(empty, name, shape_tuple(rows, cols), typestr, a);
 }
 
-void* ptr_of(const DevArray& a) { return reinterpret_cast<void*>(a.ptr); }
-
-cuda::DType dtype_of(const DevArray& a) {
-  return a.typestr == "<f4" ? cuda::DType::F32 : cuda::DType::F64;
-}
-
 void require_cublaslt() {
   if (!cuda::cublaslt_loaded())
     throw std::runtime_error(
@@ -149,7 +143,7 @@ void bind_cuda_dense(py::module_& m) {
         a.workspace = make_workspace(workspace, cuda::dense_workspace_bytes(B, out, false), 256, keep);
         {
           py::gil_scoped_release nogil;
-          cuda::dense_forward(a, dtype_of(x), reinterpret_cast<void*>(stream));
+          cuda::dense_forward(a, dtype_of(x), as_stream(stream));
         }
         return py::make_tuple(y_o, z_o);
       },
@@ -252,7 +246,7 @@ void bind_cuda_dense(py::module_& m) {
         a.workspace = make_workspace(workspace, cuda::dense_workspace_bytes(B, out, true), 256, keep);
         {
           py::gil_scoped_release nogil;
-          cuda::dense_backward(a, dtype_of(dy), reinterpret_cast<void*>(stream));
+          cuda::dense_backward(a, dtype_of(dy), as_stream(stream));
         }
         return py::make_tuple(dx_o, dw_o, db_o);
       },

@@ -41,12 +41,6 @@ void check_p(double p) {
     throw py::value_error("p must be in [0, 1); received " + std::to_string(p));
 }
 
-cuda::DType dtype_of(const DevArray& a) {
-  return a.typestr == "<f4" ? cuda::DType::F32 : cuda::DType::F64;
-}
-
-void* ptr_of(const DevArray& a) { return reinterpret_cast<void*>(a.ptr); }
-
 py::tuple shape_tuple(std::initializer_list<int64_t> dims) {
   py::tuple t(dims.size());
   size_t k = 0;
@@ -58,8 +52,6 @@ py::tuple shape_tuple(const DevArray& a) {
   for (int d = 0; d < a.ndim; ++d) t[size_t(d)] = py::int_(a.shape[d]);
   return t;
 }
-
-void* as_stream(uintptr_t s) { return reinterpret_cast<void*>(s); }
 
 py::object reduced_or(Reduction r, const cuda::LossResult& res, const py::object& per_item) {
   if (r == Reduction::None) return per_item;

@@ -1,6 +1,8 @@
 // Pieces shared by the CPU (_core) and CUDA (_cuda) bindings of the
 // multi-tensor kernels: the description of one list argument, its items'
-// names in messages, and the no-shared-memory check over every buffer.
+// names in messages, the no-shared-memory check over every buffer, and the
+// check of a whole call's lists, written once over a reader of the
+// backend's arrays (NumPy: bind/tensor_list.cpp; GPU: bind/cuda_tensor_list.cpp).
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -10,11 +12,11 @@
 #include <string>
 #include <string_view>
 
-#include "bind/names.h"
 #include <utility>
 #include <vector>
 
-#include "fusedtrain/optim_elem.h"
+#include "bind/names.h"
+#include "fusedtrain/multi_tensor.h"
 
 namespace fusedtrain {
 // hidden like pybind11's own types, which these structs hold
@@ -208,6 +210,144 @@ inline void require_disjoint(std::vector<Interval>& iv, const std::vector<SlotAr
                             ": expected separate arrays, received arrays that share memory");
     if (prev.end > cur.end) iv[j] = {cur.begin, prev.end, prev.slot, prev.index};
   }
+}
+
+// ---------------------------------------------------------------------------
+// the check of a call's lists
+// ---------------------------------------------------------------------------
+
+// A validated TensorList plus its dtypes (params and grads; states). The
+// pointer and count tables live in thread-local storage reused across calls
+// (no allocation in steady state), so a TensorList is only valid until the
+// next check on the same thread.
+struct CheckedList {
+  TensorList tl;
+  DType dtype = DType::F32;
+  DType state = DType::F32;
+};
+
+// The tables of one module's checks on one thread.
+struct ListScratch {
+  std::vector<void*> ptr;
+  std::vector<int64_t> offsets;
+  std::vector<int64_t> numel;
+  std::vector<Interval> intervals;
+};
+inline ListScratch& list_scratch() {
+  thread_local ListScratch s;
+  return s;
+}
+
+// One checked array of a list: its address and element count.
+struct ListItem {
+  uintptr_t ptr;
+  int64_t numel;
+};
+
+// Checks that every slot is a non-empty list/tuple of the same length as the
+// first one (the params), of C-contiguous aligned arrays with the shape of the
+// matching param, writable where the kernel writes, and that no two arrays
+// share memory. Dtypes by role (SlotArg::role): params and grads float32 or
+// float64 with states of the same dtype, or float16 / bfloat16 with float32
+// master weights and float32 or bfloat16 states (check_master, state_dtype).
+// `step`: the lists are an optimizer step's (master weights checked against
+// the params' dtype); false for a plain list of arrays of one dtype.
+// Raises TypeError / ValueError naming the argument, the expected and the
+// received value.
+//
+// `Reader` reads the arrays of one backend:
+//   Want                          what every array of a slot must be; has itemsize
+//   Want want(DType d)            for arrays of dtype d
+//   bool dtype(s, i, first, out, received)
+//                                 item i of slot s as an array (TypeError when it
+//                                 is not one; `first`: it is params[0]); false when
+//                                 its dtype is none of the four, its name then in
+//                                 `received`
+//   ListItem item(slots, i, k, want, why)
+//                                 item i of slot k, checked (dtype `want`, because
+//                                 `why`; shape of params[i]; layout; writability)
+template <class Reader>
+CheckedList check_lists_with(Reader& rd, const std::vector<SlotArg>& slots, bool step) {
+  using Want = typename Reader::Want;
+  const SlotArg& first = slots.front();
+  const py::ssize_t n = common_length(slots);
+
+  std::string received;
+  DType pdt;
+  if (!rd.dtype(first, 0, true, pdt, received))
+    throw py::type_error(item_name(first, 0) +
+                         ": expected dtype float32, float64, float16 or bfloat16, received " +
+                         received);
+  if (step) check_master(pdt, find_role(slots, Role::Master) != nullptr);
+  DType sdt = pdt;
+  std::string state_why = "the dtype of " + item_name(first, 0);
+  if (const SlotArg* st = find_role(slots, Role::State); st != nullptr && is_narrow(pdt)) {
+    const std::string name = item_name(*st, 0);
+    DType d;
+    if (!rd.dtype(*st, 0, false, d, received))
+      throw py::type_error(name + ": expected dtype float32 or bfloat16 (optimizer states of " +
+                           dtype_name(pdt) + " params), received " + received);
+    sdt = state_dtype(pdt, d, name);
+    state_why = "the dtype of " + name;
+  }
+
+  // the dtype each slot must have, and why (for messages)
+  const int nslots = int(slots.size());
+  std::vector<std::pair<Want, std::string>> want;
+  want.reserve(size_t(nslots));
+  for (const SlotArg& s : slots) {
+    if (s.role == Role::Master)
+      want.emplace_back(rd.want(DType::F32), "master weights are float32");
+    else if (s.role == Role::State)
+      want.emplace_back(rd.want(sdt), state_why);
+    else
+      want.emplace_back(rd.want(pdt), "the dtype of " + item_name(first, 0));
+  }
+
+  ListScratch& sc = list_scratch();
+  sc.ptr.resize(size_t(n) * nslots);
+  sc.offsets.resize(size_t(n) + 1);
+  sc.numel.resize(size_t(n));
+  sc.intervals.clear();
+  sc.offsets[0] = 0;
+  for (py::ssize_t i = 0; i < n; ++i) {
+    for (int k = 0; k < nslots; ++k) {
+      const ListItem a = rd.item(slots, i, k, want[size_t(k)].first, want[size_t(k)].second);
+      sc.ptr[size_t(i) * nslots + k] = reinterpret_cast<void*>(a.ptr);
+      if (a.numel > 0)
+        sc.intervals.push_back(
+            {a.ptr, a.ptr + uintptr_t(a.numel * want[size_t(k)].first.itemsize), k, int64_t(i)});
+      if (k == 0) {
+        sc.numel[size_t(i)] = a.numel;
+        sc.offsets[size_t(i) + 1] = sc.offsets[size_t(i)] + a.numel;
+      }
+    }
+  }
+
+  require_disjoint(sc.intervals, slots);
+
+  CheckedList out;
+  out.tl.n = n;
+  out.tl.slots = nslots;
+  out.tl.ptr = sc.ptr.data();
+  out.tl.offsets = sc.offsets.data();
+  out.tl.numel = sc.numel.data();
+  out.dtype = pdt;
+  out.state = sdt;
+  return out;
+}
+
+// The storage layout of a checked optimizer step (found_inf: the GPU
+// binding's to set).
+inline StepLayout step_layout(const CheckedList& c, bool stochastic, uint64_t seed,
+                              uint64_t offset) {
+  StepLayout lay;
+  lay.param = c.dtype;
+  lay.state = c.state;
+  lay.stochastic = stochastic && is_narrow(c.dtype);
+  lay.seed = seed;
+  lay.offset = offset;
+  return lay;
 }
 
 }  // namespace bind

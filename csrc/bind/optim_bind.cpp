@@ -1,7 +1,8 @@
 // Bindings of the fused optimizer steps. Hyperparameters arrive validated
 // from fusedtrain.ops; the arrays are validated here (bind/tensor_list.h).
 // Validation needs the GIL, so each binding releases it itself right before
-// the kernel instead of using call_guard.
+// the kernel instead of using call_guard. The benchmarks' null steps:
+// bind/bench_bind.cpp.
 //
 // Every step takes, after the positional arguments (ending with dry_run):
 //   grad_scale           the gradients are multiplied by 1 / grad_scale
@@ -12,7 +13,6 @@
 //   seed, rng_offset     ... with the Philox stream (seed, rng_offset)
 #include <pybind11/pybind11.h>
 
-
 #include "bind/tensor_list.h"
 #include "cpu/optim_cpu.h"
 
@@ -20,18 +20,7 @@ namespace py = pybind11;
 
 namespace fusedtrain::bind {
 
-namespace {
-
-cpu::StepLayout layout_of(const CheckedList& c, bool stochastic, uint64_t seed, uint64_t offset) {
-  return cpu::StepLayout{c.dtype, c.state, stochastic && is_narrow(c.dtype), seed, offset};
-}
-
-
-}  // namespace
-
 void bind_optim(py::module_& m) {
-  using cpu::DType;
-
   def_step(
       m, "adam_",
       [](py::handle params, py::handle grads, py::handle exp_avg, py::handle exp_avg_sq,
@@ -44,7 +33,7 @@ void bind_optim(py::module_& m) {
         const AdamHyper h{lr,       beta1,     beta2,    eps,       weight_decay, l1,
                           amsgrad, decoupled, maximize, grad_scale};
         if (dry_run || found_inf) return;  // checks only
-        const auto lay = layout_of(c, stochastic, seed, offset);
+        const auto lay = step_layout(c, stochastic, seed, offset);
         py::gil_scoped_release nogil;
         cpu::adam_step(c.tl, lay, h, step);
       },
@@ -64,7 +53,7 @@ void bind_optim(py::module_& m) {
             check_lists(with_master(sgd_slots(params, grads, momentum_buffer, momentum), master));
         const SgdHyper h{lr, momentum, dampening, weight_decay, l1, nesterov, maximize, grad_scale};
         if (dry_run || found_inf) return;
-        const auto lay = layout_of(c, stochastic, seed, offset);
+        const auto lay = step_layout(c, stochastic, seed, offset);
         py::gil_scoped_release nogil;
         cpu::sgd_step(c.tl, lay, h, step);
       },
@@ -86,7 +75,7 @@ void bind_optim(py::module_& m) {
         const RmspropHyper h{lr, alpha, eps, weight_decay, momentum, l1, centered, maximize,
                              grad_scale};
         if (dry_run || found_inf) return;
-        const auto lay = layout_of(c, stochastic, seed, offset);
+        const auto lay = step_layout(c, stochastic, seed, offset);
         py::gil_scoped_release nogil;
         cpu::rmsprop_step(c.tl, lay, h);
       },
@@ -106,7 +95,7 @@ void bind_optim(py::module_& m) {
             check_lists(with_master(adagrad_slots(params, grads, state_sum), master));
         const AdagradHyper h{lr, lr_decay, weight_decay, eps, l1, maximize, grad_scale};
         if (dry_run || found_inf) return;
-        const auto lay = layout_of(c, stochastic, seed, offset);
+        const auto lay = step_layout(c, stochastic, seed, offset);
         py::gil_scoped_release nogil;
         cpu::adagrad_step(c.tl, lay, h, step);
       },
@@ -114,41 +103,6 @@ void bind_optim(py::module_& m) {
       py::arg("params"), py::arg("grads"), py::arg("state_sum"), py::arg("step"), py::arg("lr"),
       py::arg("lr_decay"), py::arg("weight_decay"), py::arg("eps"), py::arg("l1"),
       py::arg("maximize"), py::arg("dry_run"));
-
-  m.def(
-      "null_step_",
-      [](py::handle written, py::handle read) {
-        const std::vector<SlotArg> slots = null_step_slots(written, read);
-        const int nw = int(slots.size()) - 1;
-        const CheckedList c = plain_only(check_lists(slots, false), "written");
-        py::gil_scoped_release nogil;
-        cpu::null_step(c.tl, c.dtype, int(nw));
-      },
-      py::arg("written"), py::arg("read"),
-      "Benchmark memory ceiling: the traffic of an optimizer step with trivial math.\n"
-      "Each list in `written` is read and updated in place; `read` is read only.");
-
-  m.def(
-      "null_mixed_step_",
-      [](py::handle params, py::handle grads, py::handle written) {
-        const py::ssize_t nw = py::len(written);
-        if (nw < 1 || nw > 3)
-          throw py::value_error("written: expected 1 to 3 lists of float32 arrays, received " +
-                                std::to_string(nw));
-        static const char* names[] = {"written[0]", "written[1]", "written[2]"};
-        std::vector<SlotArg> slots = {{"params", params, true}, {"grads", grads, false}};
-        for (py::ssize_t k = 0; k < nw; ++k)
-          slots.push_back({names[k], written[py::int_(k)], true, Role::Master});
-        const CheckedList c = check_lists(slots, false);
-        if (c.dtype != DType::BF16)
-          throw py::type_error(std::string("params[0]: expected dtype bfloat16, received ") +
-                               dtype_name(c.dtype));
-        py::gil_scoped_release nogil;
-        cpu::null_mixed_step(c.tl, int(nw));
-      },
-      py::arg("params"), py::arg("grads"), py::arg("written"),
-      "Benchmark memory ceiling of a mixed-precision step: bfloat16 `params` written,\n"
-      "bfloat16 `grads` read, each float32 list in `written` read and updated in place.");
 
   m.def(
       "found_nonfinite",

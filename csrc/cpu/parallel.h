@@ -8,28 +8,14 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "fusedtrain/multi_tensor.h"  // TensorList
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <xmmintrin.h>
 #define FT_HAS_MXCSR 1
 #endif
 
 namespace fusedtrain::cpu {
-
-// A list of n tensors with `slots` buffers each (param, grad, states...):
-// ptr[i * slots + k] is buffer k of tensor i; tensor i covers the global
-// element range [offsets[i], offsets[i + 1]).
-struct TensorList {
-  int64_t n = 0;
-  int slots = 0;
-  void* const* ptr = nullptr;
-  const int64_t* offsets = nullptr;  // n + 1 entries
-
-  int64_t total() const { return offsets[n]; }
-  template <typename T>
-  T* get(int64_t i, int k) const {
-    return static_cast<T*>(ptr[i * slots + k]);
-  }
-};
 
 // Kernel thread count (fusedtrain.set_num_threads); defined in runtime.cpp.
 int num_threads();

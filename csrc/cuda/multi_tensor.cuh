@@ -21,7 +21,6 @@
 #include <utility>
 
 #include "cuda/check.cuh"
-#include "cuda/optim_cuda.h"
 #include "fusedtrain/multi_tensor.h"
 
 namespace fusedtrain::cuda {
@@ -154,33 +153,33 @@ __global__ void __launch_bounds__(kBlockThreads)
 // ---------------------------------------------------------------------------
 
 // Chunk indices are stored as int32: raises for a tensor with more chunks.
-inline void require_int32_chunks(const DeviceList& dl) {
-  for (int64_t i = 0; i < dl.n; ++i)
-    if (dl.numel[i] / mta::kChunkSize >= INT32_MAX)
+inline void require_int32_chunks(const TensorList& tl) {
+  for (int64_t i = 0; i < tl.n; ++i)
+    if (tl.numel[i] / mta::kChunkSize >= INT32_MAX)
       throw std::invalid_argument("array " + std::to_string(i) + " has too many elements (" +
-                                  std::to_string(dl.numel[i]) + ") for one kernel");
+                                  std::to_string(tl.numel[i]) + ") for one kernel");
 }
 
-// Runs `op` over every element of every tensor of `dl` (dl.slots must be
+// Runs `op` over every element of every tensor of `tl` (tl.slots must be
 // Op::kDepth): one launch per chunk table, all on `stream`, none waited for.
 template <class Op>
-void multi_tensor_apply(const DeviceList& dl, const Op& op, cudaStream_t stream) {
+void multi_tensor_apply(const TensorList& tl, const Op& op, cudaStream_t stream) {
   constexpr int D = Op::kDepth;
   using Table = mta::ChunkTable<D>;
   static_assert(sizeof(Table) + sizeof(int64_t) + sizeof(Op) <= mta::kKernelParamBytes,
                 "kernel arguments over the 4 KiB limit");
   static_assert(mta::kChunkSize % Vec<typename Op::value_type>::kWidth == 0);
-  if (dl.slots != D)
+  if (tl.slots != D)
     throw std::logic_error("multi_tensor_apply: expected " + std::to_string(D) +
-                           " buffers per tensor, received " + std::to_string(dl.slots));
-  require_int32_chunks(dl);
+                           " buffers per tensor, received " + std::to_string(tl.slots));
+  require_int32_chunks(tl);
 
   Table table{};  // the kernel argument, copied at each launch (unused entries zero)
   mta::plan_launches(
-      dl.numel, dl.n, mta::kChunkSize, Table::kMaxTensors, mta::kMaxBlocks,
+      tl.numel, tl.n, mta::kChunkSize, Table::kMaxTensors, mta::kMaxBlocks,
       [&](int slot, int64_t i) {
-        for (int k = 0; k < D; ++k) table.addr[k][slot] = dl.ptr[i * D + k];
-        table.numel[slot] = dl.numel[i];
+        for (int k = 0; k < D; ++k) table.addr[k][slot] = tl.ptr[i * D + k];
+        table.numel[slot] = tl.numel[i];
       },
       [&](int b, int slot, int64_t chunk) {
         table.block_tensor[b] = uint8_t(slot);

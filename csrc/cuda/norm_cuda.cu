@@ -129,19 +129,16 @@ struct ClampOp {
 // kernel launchers
 // ---------------------------------------------------------------------------
 template <NormKind K, typename T>
-void norm_typed(const DeviceList& dl, double p, double* out, cudaStream_t stream) {
+void norm_typed(const TensorList& tl, double p, double* out, cudaStream_t stream) {
   // first norm block of each tensor among all blocks of the call (host
   // scratch reused across calls on this thread)
   thread_local std::vector<int64_t> first_block;
-  first_block.resize(size_t(dl.n) + 1);
+  first_block.resize(size_t(tl.n) + 1);
   first_block[0] = 0;
-  for (int64_t i = 0; i < dl.n; ++i) {
-    if (dl.numel[i] / mta::kChunkSize >= INT32_MAX)
-      throw std::invalid_argument("array " + std::to_string(i) + " has too many elements (" +
-                                  std::to_string(dl.numel[i]) + ") for one kernel");
-    first_block[size_t(i) + 1] = first_block[size_t(i)] + (dl.numel[i] + kNormBlock - 1) / kNormBlock;
-  }
-  const int64_t nblocks = first_block[size_t(dl.n)];
+  require_int32_chunks(tl);
+  for (int64_t i = 0; i < tl.n; ++i)
+    first_block[size_t(i) + 1] = first_block[size_t(i)] + (tl.numel[i] + kNormBlock - 1) / kNormBlock;
+  const int64_t nblocks = first_block[size_t(tl.n)];
   // partials is (nblocks,): freed on the stream after stage 2, or when a
   // launch throws
   struct Scratch {
@@ -158,10 +155,10 @@ void norm_typed(const DeviceList& dl, double p, double* out, cudaStream_t stream
 
   NormTable table{};
   mta::plan_launches(
-      dl.numel, dl.n, mta::kChunkSize, NormTable::kMaxTensors, mta::kMaxBlocks,
+      tl.numel, tl.n, mta::kChunkSize, NormTable::kMaxTensors, mta::kMaxBlocks,
       [&](int slot, int64_t i) {
-        table.addr[slot] = dl.ptr[i];
-        table.numel[slot] = dl.numel[i];
+        table.addr[slot] = tl.ptr[i];
+        table.numel[slot] = tl.numel[i];
         table.first_block[slot] = first_block[size_t(i)];
       },
       [&](int b, int slot, int64_t chunk) {
@@ -181,35 +178,35 @@ void norm_typed(const DeviceList& dl, double p, double* out, cudaStream_t stream
 }
 
 template <typename T>
-void norm_dispatch(const DeviceList& dl, double p, double* out, cudaStream_t stream) {
-  with_norm_kind(p, [&](auto v) { norm_typed<decltype(v)::kKind, T>(dl, p, out, stream); });
+void norm_dispatch(const TensorList& tl, double p, double* out, cudaStream_t stream) {
+  with_norm_kind(p, [&](auto v) { norm_typed<decltype(v)::kKind, T>(tl, p, out, stream); });
 }
 
 cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
 }  // namespace
 
-void global_norm(const DeviceList& dl, DType dt, double norm_type, double* out, void* stream) {
-  dt == DType::F32 ? norm_dispatch<float>(dl, norm_type, out, as_stream(stream))
-                   : norm_dispatch<double>(dl, norm_type, out, as_stream(stream));
+void global_norm(const TensorList& tl, DType dt, double norm_type, double* out, void* stream) {
+  dt == DType::F32 ? norm_dispatch<float>(tl, norm_type, out, as_stream(stream))
+                   : norm_dispatch<double>(tl, norm_type, out, as_stream(stream));
 }
 
-void clip_by_norm(const DeviceList& dl, DType dt, const double* total_norm, double max_norm,
+void clip_by_norm(const TensorList& tl, DType dt, const double* total_norm, double max_norm,
                   void* stream) {
   dt == DType::F32
-      ? multi_tensor_apply(dl, ClipByNormOp<float>{total_norm, max_norm}, as_stream(stream))
-      : multi_tensor_apply(dl, ClipByNormOp<double>{total_norm, max_norm}, as_stream(stream));
+      ? multi_tensor_apply(tl, ClipByNormOp<float>{total_norm, max_norm}, as_stream(stream))
+      : multi_tensor_apply(tl, ClipByNormOp<double>{total_norm, max_norm}, as_stream(stream));
 }
 
-void scale(const DeviceList& dl, DType dt, double coef, void* stream) {
-  dt == DType::F32 ? multi_tensor_apply(dl, ScaleOp<float>{float(coef)}, as_stream(stream))
-                   : multi_tensor_apply(dl, ScaleOp<double>{coef}, as_stream(stream));
+void scale(const TensorList& tl, DType dt, double coef, void* stream) {
+  dt == DType::F32 ? multi_tensor_apply(tl, ScaleOp<float>{float(coef)}, as_stream(stream))
+                   : multi_tensor_apply(tl, ScaleOp<double>{coef}, as_stream(stream));
 }
 
-void clamp(const DeviceList& dl, DType dt, double lo, double hi, void* stream) {
+void clamp(const TensorList& tl, DType dt, double lo, double hi, void* stream) {
   dt == DType::F32
-      ? multi_tensor_apply(dl, ClampOp<float>{float(lo), float(hi)}, as_stream(stream))
-      : multi_tensor_apply(dl, ClampOp<double>{lo, hi}, as_stream(stream));
+      ? multi_tensor_apply(tl, ClampOp<float>{float(lo), float(hi)}, as_stream(stream))
+      : multi_tensor_apply(tl, ClampOp<double>{lo, hi}, as_stream(stream));
 }
 
 }  // namespace fusedtrain::cuda

@@ -18,7 +18,8 @@ namespace {
 
 // ---------------------------------------------------------------------------
 // CUDA kernels: the element ops that multi_tensor_kernel (multi_tensor.cuh)
-// runs. x holds one element of each buffer, in the slot order of optim_cuda.h.
+// runs. x holds one element of each buffer, in the slot order of
+// fusedtrain/multi_tensor.h.
 // ---------------------------------------------------------------------------
 template <typename T, WeightDecay WD, AmsGrad A>
 struct AdamOp {
@@ -114,37 +115,18 @@ struct NonfiniteOp {
   }
 };
 
-// The null op of the benchmarks: the memory traffic of an optimizer with
-// D - 1 updated buffers and one read-only one (the last), and trivial math.
-template <typename T, int D>
-struct NullOp {
-  using value_type = T;
-  static constexpr int kDepth = D;
-  __host__ __device__ static constexpr bool reads(int) { return true; }
-  __host__ __device__ static constexpr bool writes(int k) { return k < D - 1; }
-
-  __host__ __device__ void operator()(T (&x)[kDepth]) const {
-    const T g = x[D - 1];
-    x[0] = x[0] + g;
-#pragma unroll
-    for (int k = 1; k < D - 1; ++k) x[k] = x[k] * T(0.5) + g;
-  }
-};
-
 // ---------------------------------------------------------------------------
 // Mixed precision (float16 / bfloat16 params, float32 master weights): the
 // buffers have different element types, so these run element by element
 // (consecutive threads on consecutive elements) through the element
 // functions of optim_elem.h, which the CPU loops call too. Their table adds
-// each tensor's first index in the call's concatenation, which numbers the
-// elements for stochastic rounding as the CPU does.
+// each tensor's first index in the call's concatenation (tl.offsets), which
+// numbers the elements for stochastic rounding as the CPU does.
 // ---------------------------------------------------------------------------
 template <int Depth>
 struct MixedTable {
-  static constexpr int kMaxTensors =
-      int((mta::kKernelParamBytes - mta::kReservedParamBytes -
-           mta::kMaxBlocks * (sizeof(int32_t) + sizeof(uint8_t))) /
-          ((Depth + 2) * sizeof(int64_t)));
+  // one word per tensor more than a ChunkTable<Depth> (`first`)
+  static constexpr int kMaxTensors = mta::max_tensors_for(Depth + 1);
   void* addr[Depth][kMaxTensors];
   int64_t numel[kMaxTensors];
   int64_t first[kMaxTensors];  // index of the tensor's element 0 in the whole call
@@ -241,32 +223,30 @@ struct AdagradMixedOp : Typed<L> {
 // do), then one multi-tensor launch sequence over the list
 // ---------------------------------------------------------------------------
 template <class Op>
-void run(const DeviceList& dl, const Op& op, void* stream) {
-  multi_tensor_apply(dl, op, static_cast<cudaStream_t>(stream));
+void run(const TensorList& tl, const Op& op, void* stream) {
+  multi_tensor_apply(tl, op, static_cast<cudaStream_t>(stream));
 }
 
 // The mixed launch sequence: the chunk plan of multi_tensor_apply, with each
 // tensor's first global index in the table.
 template <class Op>
-void run_mixed(const DeviceList& dl, const Op& op, void* stream) {
+void run_mixed(const TensorList& tl, const Op& op, void* stream) {
   constexpr int D = Op::kDepth;
   using Table = MixedTable<D>;
   static_assert(sizeof(Table) + sizeof(Op) <= mta::kKernelParamBytes,
                 "kernel arguments over the 4 KiB limit");
-  if (dl.slots != D)
+  if (tl.slots != D)
     throw std::logic_error("run_mixed: expected " + std::to_string(D) +
-                           " buffers per tensor, received " + std::to_string(dl.slots));
-  require_int32_chunks(dl);
+                           " buffers per tensor, received " + std::to_string(tl.slots));
+  require_int32_chunks(tl);
   const auto s = static_cast<cudaStream_t>(stream);
   Table table{};
-  int64_t next = 0, first = 0;  // tensors before `next` start before `first`
   mta::plan_launches(
-      dl.numel, dl.n, mta::kChunkSize, Table::kMaxTensors, mta::kMaxBlocks,
+      tl.numel, tl.n, mta::kChunkSize, Table::kMaxTensors, mta::kMaxBlocks,
       [&](int slot, int64_t i) {
-        for (; next < i; ++next) first += dl.numel[next];
-        for (int k = 0; k < D; ++k) table.addr[k][slot] = dl.ptr[i * D + k];
-        table.numel[slot] = dl.numel[i];
-        table.first[slot] = first;
+        for (int k = 0; k < D; ++k) table.addr[k][slot] = tl.ptr[i * D + k];
+        table.numel[slot] = tl.numel[i];
+        table.first[slot] = tl.offsets[i];
       },
       [&](int b, int slot, int64_t chunk) {
         table.block_tensor[b] = uint8_t(slot);
@@ -280,24 +260,9 @@ void run_mixed(const DeviceList& dl, const Op& op, void* stream) {
 
 MixedCommon common_of(const StepLayout& lay) { return MixedCommon{lay.found_inf, lay.seed, lay.offset}; }
 
-template <typename T>
-void null_typed(const DeviceList& dl, int n_rw, void* stream) {
-  switch (n_rw) {
-    case 1: return run(dl, NullOp<T, 2>{}, stream);
-    case 2: return run(dl, NullOp<T, 3>{}, stream);
-    case 3: return run(dl, NullOp<T, 4>{}, stream);
-    case 4: return run(dl, NullOp<T, 5>{}, stream);
-    default: throw std::invalid_argument("null_step: 1 to 4 written lists");
-  }
-}
-
 }  // namespace
 
-void null_step(const DeviceList& dl, DType dt, int n_rw, void* stream) {
-  dt == DType::F32 ? null_typed<float>(dl, n_rw, stream) : null_typed<double>(dl, n_rw, stream);
-}
-
-void adam_step(const DeviceList& dl, const StepLayout& lay, const AdamHyper& h, int64_t step,
+void adam_step(const TensorList& tl, const StepLayout& lay, const AdamHyper& h, int64_t step,
                void* stream) {
   with_layout(lay.param, lay.state, lay.stochastic, [&](auto l) {
     using L = decltype(l);
@@ -306,15 +271,15 @@ void adam_step(const DeviceList& dl, const StepLayout& lay, const AdamHyper& h, 
     with_adam_variant(h, [&](auto v) {
       using V = decltype(v);
       if constexpr (L::kMaster) {
-        run_mixed(dl, AdamMixedOp<L, V::kWeightDecay, V::kAmsGrad>{{}, s, common_of(lay)}, stream);
+        run_mixed(tl, AdamMixedOp<L, V::kWeightDecay, V::kAmsGrad>{{}, s, common_of(lay)}, stream);
       } else {
-        run(dl, AdamOp<T, V::kWeightDecay, V::kAmsGrad>{s, lay.found_inf}, stream);
+        run(tl, AdamOp<T, V::kWeightDecay, V::kAmsGrad>{s, lay.found_inf}, stream);
       }
     });
   });
 }
 
-void sgd_step(const DeviceList& dl, const StepLayout& lay, const SgdHyper& h, int64_t step,
+void sgd_step(const TensorList& tl, const StepLayout& lay, const SgdHyper& h, int64_t step,
               void* stream) {
   with_layout(lay.param, lay.state, lay.stochastic, [&](auto l) {
     using L = decltype(l);
@@ -323,15 +288,15 @@ void sgd_step(const DeviceList& dl, const StepLayout& lay, const SgdHyper& h, in
     with_sgd_variant(h, step, [&](auto v) {
       using V = decltype(v);
       if constexpr (L::kMaster) {
-        run_mixed(dl, SgdMixedOp<L, V::kMomentum, V::kNesterov>{{}, s, common_of(lay)}, stream);
+        run_mixed(tl, SgdMixedOp<L, V::kMomentum, V::kNesterov>{{}, s, common_of(lay)}, stream);
       } else {
-        run(dl, SgdOp<T, V::kMomentum, V::kNesterov>{s, lay.found_inf}, stream);
+        run(tl, SgdOp<T, V::kMomentum, V::kNesterov>{s, lay.found_inf}, stream);
       }
     });
   });
 }
 
-void rmsprop_step(const DeviceList& dl, const StepLayout& lay, const RmspropHyper& h,
+void rmsprop_step(const TensorList& tl, const StepLayout& lay, const RmspropHyper& h,
                   void* stream) {
   with_layout(lay.param, lay.state, lay.stochastic, [&](auto l) {
     using L = decltype(l);
@@ -340,34 +305,34 @@ void rmsprop_step(const DeviceList& dl, const StepLayout& lay, const RmspropHype
     with_rmsprop_variant(h, [&](auto v) {
       using V = decltype(v);
       if constexpr (L::kMaster) {
-        run_mixed(dl, RmspropMixedOp<L, V::kCentered, V::kMomentum>{{}, s, common_of(lay)},
+        run_mixed(tl, RmspropMixedOp<L, V::kCentered, V::kMomentum>{{}, s, common_of(lay)},
                   stream);
       } else {
-        run(dl, RmspropOp<T, V::kCentered, V::kMomentum>{s, lay.found_inf}, stream);
+        run(tl, RmspropOp<T, V::kCentered, V::kMomentum>{s, lay.found_inf}, stream);
       }
     });
   });
 }
 
-void found_nonfinite(const DeviceList& dl, DType dt, float* flag, void* stream) {
+void found_nonfinite(const TensorList& tl, DType dt, float* flag, void* stream) {
   switch (dt) {
-    case DType::F32: return run(dl, NonfiniteOp<uint32_t>{0x7F800000u, flag}, stream);
-    case DType::F64: return run(dl, NonfiniteOp<uint64_t>{0x7FF0000000000000ull, flag}, stream);
-    case DType::F16: return run(dl, NonfiniteOp<uint16_t>{uint16_t(0x7C00u), flag}, stream);
-    case DType::BF16: return run(dl, NonfiniteOp<uint16_t>{uint16_t(0x7F80u), flag}, stream);
+    case DType::F32: return run(tl, NonfiniteOp<uint32_t>{0x7F800000u, flag}, stream);
+    case DType::F64: return run(tl, NonfiniteOp<uint64_t>{0x7FF0000000000000ull, flag}, stream);
+    case DType::F16: return run(tl, NonfiniteOp<uint16_t>{uint16_t(0x7C00u), flag}, stream);
+    case DType::BF16: return run(tl, NonfiniteOp<uint16_t>{uint16_t(0x7F80u), flag}, stream);
   }
 }
 
-void adagrad_step(const DeviceList& dl, const StepLayout& lay, const AdagradHyper& h,
+void adagrad_step(const TensorList& tl, const StepLayout& lay, const AdagradHyper& h,
                   int64_t step, void* stream) {
   with_layout(lay.param, lay.state, lay.stochastic, [&](auto l) {
     using L = decltype(l);
     using T = typename L::T;
     const auto s = make_adagrad_scalars<T>(h, step);
     if constexpr (L::kMaster) {
-      run_mixed(dl, AdagradMixedOp<L>{{}, s, common_of(lay)}, stream);
+      run_mixed(tl, AdagradMixedOp<L>{{}, s, common_of(lay)}, stream);
     } else {
-      run(dl, AdagradOp<T>{s, lay.found_inf}, stream);
+      run(tl, AdagradOp<T>{s, lay.found_inf}, stream);
     }
   });
 }

@@ -1,6 +1,9 @@
-// Multi-tensor apply on the GPU, host side: how a list of N tensors is cut
-// into chunks and the chunks packed into kernel launches (the scheme of
-// apex's and PyTorch's multi_tensor_apply).
+// The multi-tensor contract between the bindings and the kernels, the same
+// for g++ (cpu/, bind/) and nvcc (cuda/): the list of tensors a call steps,
+// the slots of each optimizer's buffers in that list, and the storage layout
+// of a step. Then, for the GPU, how such a list is cut into chunks and the
+// chunks packed into kernel launches (the scheme of apex's and PyTorch's
+// multi_tensor_apply).
 //
 // Every launch gets a ChunkTable by value as its kernel argument: the
 // addresses and element counts of the tensors it touches (at most
@@ -19,6 +22,61 @@
 #include <stdexcept>
 #include <string>
 
+#include "fusedtrain/dtype.h"
+
+namespace fusedtrain {
+
+// ---------------------------------------------------------------------------
+// the list of one call and the slots of its buffers
+// ---------------------------------------------------------------------------
+
+// n tensors with `slots` buffers each (param, grad, states...): ptr[i * slots
+// + k] is buffer k of tensor i, which holds numel[i] elements and covers the
+// range [offsets[i], offsets[i + 1]) of the concatenation of all the call's
+// tensors (the CPU splits that range over threads; the GPU chunks each
+// tensor). Host memory on the CPU, device memory on the GPU; the tables
+// themselves are host memory, owned by the binding for the call's duration.
+struct TensorList {
+  int64_t n = 0;
+  int slots = 0;
+  void* const* ptr = nullptr;
+  const int64_t* offsets = nullptr;  // n + 1 entries
+  const int64_t* numel = nullptr;    // n entries
+
+  int64_t total() const { return offsets[n]; }
+  template <typename T>
+  T* get(int64_t i, int k) const {
+    return static_cast<T*>(ptr[i * slots + k]);
+  }
+};
+
+// Buffer slots of each optimizer's TensorList, in this order. Optional state
+// buffers take the next slot only when their variant is on; for float16 /
+// bfloat16 params the float32 master weights take the last slot.
+namespace adam_slot { enum : int { kParam, kGrad, kExpAvg, kExpAvgSq, kMaxExpAvgSq }; }
+namespace sgd_slot { enum : int { kParam, kGrad, kMomentumBuffer }; }
+namespace rmsprop_slot { enum : int { kParam, kGrad, kSquareAvg, kOptional }; }  // [grad_avg], [momentum_buffer]
+namespace adagrad_slot { enum : int { kParam, kGrad, kSum }; }
+
+// The storage of one optimizer step: param (and grad) dtype, state dtype, and
+// for narrow params the rounding of the parameter and its Philox stream.
+struct StepLayout {
+  DType param = DType::F32;
+  DType state = DType::F32;
+  bool stochastic = false;
+  uint64_t seed = 0, offset = 0;
+  // GPU only: a device pointer to one float32, or null. When it points at a
+  // nonzero value every block returns before touching memory (read in the
+  // kernel: no sync). The CPU binding reads its found_inf on the host and
+  // does not call the kernel, so on the CPU this stays null.
+  const float* found_inf = nullptr;
+};
+
+}  // namespace fusedtrain
+
+// ---------------------------------------------------------------------------
+// the GPU's chunk table
+// ---------------------------------------------------------------------------
 namespace fusedtrain::mta {
 
 // Elements per chunk: one thread block updates one chunk.
@@ -33,7 +91,10 @@ constexpr int kReservedParamBytes = 256;
 constexpr int kMaxBlocks = 320;  // blocks per launch
 
 // Tensors per launch for `depth` buffers per tensor (param, grad, states...):
-// whatever the addresses and counts can fill after the block entries.
+// whatever the addresses and counts can fill after the block entries. A table
+// with one more 8-byte word per tensor than the address of each buffer and
+// the count (e.g. each tensor's first element index) has the capacity of
+// depth + 1.
 constexpr int max_tensors_for(int depth) {
   return int((kKernelParamBytes - kReservedParamBytes -
               kMaxBlocks * (sizeof(int32_t) + sizeof(uint8_t))) /

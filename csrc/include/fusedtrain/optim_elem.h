@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "fusedtrain/dtype.h"
 #include "fusedtrain/hd.h"
 #include "fusedtrain/lowp.h"
 #include "fusedtrain/optim_math.h"
@@ -24,7 +25,6 @@
 
 namespace fusedtrain {
 
-enum class DType { F32, F64, F16, BF16 };
 enum class Rounding { Nearest, Stochastic };
 
 template <typename P, typename S, Rounding R, typename G = P>
