@@ -84,3 +84,14 @@ def test_bad_layers():
         Sequential([Dense(3, 4), Dense(5, 2)])
     with pytest.raises(ValueError, match="p must be in"):
         Dropout(1.0)
+
+
+def test_freezing_a_layer_is_refused_with_the_reason():
+    layer = Dense(3, 4)
+    assert layer.trainable is True
+    layer.trainable = True  # a no-op
+    with pytest.raises(ValueError, match="trainable = False is not supported"):
+        layer.trainable = False
+    with pytest.raises(TypeError, match="trainable must be a bool"):
+        layer.trainable = "no"
+    assert layer.trainable is True and Dropout(0.1).trainable is True

@@ -321,6 +321,7 @@ class _Run:
                  clip_norm, accumulate_steps, loss_scale, on_nonfinite):
         self.model = model
         self.loss_fn = _losses.get(loss)
+        _losses.check_output_layer(model, self.loss_fn)
         x = _inputs(model, x)
         y = _targets(model, self.loss_fn, x, y)
         self.epochs = V.integer("epochs", epochs, 0)
@@ -623,6 +624,7 @@ def _predict(model, x, batch_size):
 def evaluate(model, x, y, loss="cross_entropy", metrics=("accuracy",), batch_size=1024):
     """{"loss": mean loss, metric: value, ...} on (x, y) in inference mode."""
     loss_fn = _losses.get(loss)
+    _losses.check_output_layer(model, loss_fn)
     x = _inputs(model, x)
     y = _targets(model, loss_fn, x, y)
     metric_fns = metrics if isinstance(metrics, dict) else _metric_fns(metrics)

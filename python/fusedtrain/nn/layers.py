@@ -16,7 +16,10 @@ from .. import ops
 from .._ops_dense import activation_code
 from . import init as _init
 
-__all__ = ["Layer", "Dense", "Dropout"]
+__all__ = ["Layer", "Dense", "Dropout", "ACTIVATIONS"]
+
+#: the activations of :class:`Dense` (None means "linear", as "identity")
+ACTIVATIONS = ("linear", "identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "softmax")
 
 
 class _Rows:
@@ -44,7 +47,33 @@ class _Rows:
 
 
 class Layer:
-    """Base class: no parameters, identity forward/backward."""
+    """Base class: no parameters, identity forward/backward.
+
+    ``layer.trainable`` is always True: freezing a layer is not supported
+    (setting it False raises). fit steps the whole parameter arena with one
+    optimizer, and a frozen layer's parameters would still move under
+    momentum and weight decay unless the optimizer were built over the
+    other layers alone, which a checkpoint (an optimizer over every
+    parameter of the model) cannot hold. To keep some layers fixed, compute
+    their outputs once and fit a model of the remaining layers on them.
+    """
+
+    @property
+    def trainable(self) -> bool:
+        return True
+
+    @trainable.setter
+    def trainable(self, value):
+        if value is True or value is False:
+            if value:
+                return
+            raise ValueError(
+                f"{type(self).__name__}.trainable = False is not supported: fit steps every "
+                "parameter of the model with one optimizer, so a frozen layer would still move "
+                "(momentum, weight decay). To keep layers fixed, compute their outputs once "
+                "(predict with a model of those layers) and fit a model of the remaining "
+                "layers on them")
+        raise TypeError(f"trainable must be a bool; received {type(value).__name__} {value!r}")
 
     #: (name, shape) of each parameter, set by subclasses
     def param_specs(self) -> list:
@@ -75,24 +104,39 @@ class Layer:
 class Dense(Layer):
     """Fully connected layer y = act(x @ weight + bias), weight (in, out).
 
-    ``activation``: identity, relu, leaky_relu, sigmoid, tanh, gelu, softmax
-    (keyword arguments such as ``negative_slope`` or ``approximate`` pass
-    through). ``init``: an initialiser name of :mod:`fusedtrain.nn.init` or a
+    ``activation``: one of :data:`ACTIVATIONS` -- None, "linear" and
+    "identity" are the same (no activation) -- with keyword arguments such
+    as ``negative_slope`` (leaky_relu) or ``approximate`` (gelu) passed
+    through. A last layer with "softmax" (or "sigmoid") outputs
+    probabilities and needs a loss with ``from_logits=False`` (see
+    :mod:`fusedtrain.nn.losses`); without an activation it outputs logits.
+    ``init``: an initialiser name of :mod:`fusedtrain.nn.init` or a
     callable ``f(shape, rng, dtype)``; by default he_uniform for the ReLU
-    family and xavier_uniform otherwise. Biases start at zero.
+    family and xavier_uniform otherwise. Biases start at zero; ``bias=False``
+    (or Keras's spelling ``use_bias=False``) leaves the bias out.
     """
 
     def __init__(self, in_features, out_features, activation="identity", init=None, bias=True,
-                 **act_kwargs):
+                 use_bias=None, **act_kwargs):
         self.in_features = V.integer("in_features", in_features, 1)
         self.out_features = V.integer("out_features", out_features, 1)
-        activation_code(activation, **act_kwargs)  # validates name and kwargs
+        if activation is None:
+            activation = "linear"
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))} or "
+                             f"None (linear); received {activation!r}")
+        activation_code(activation, **act_kwargs)  # validates the keyword arguments
         self.activation = activation
         self.act_kwargs = dict(act_kwargs)
         if init is None:
             init = "he_uniform" if activation in ("relu", "leaky_relu") else "xavier_uniform"
         self._init = _init.get(init)
         self.init = init if isinstance(init, str) else getattr(init, "__name__", "custom")
+        if use_bias is not None:
+            use_bias = V.flag("use_bias", use_bias)
+            if bias is not True and V.flag("bias", bias) != use_bias:
+                raise ValueError(f"bias={bias!r} and use_bias={use_bias!r} disagree: pass one")
+            bias = use_bias
         self.use_bias = V.flag("bias", bias)
         self._bufs = _Rows()  # output, dx, dz workspace
         self._x = self._saved = None
