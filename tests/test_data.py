@@ -4,8 +4,10 @@ batches and train_val_split."""
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -139,29 +141,194 @@ def test_mnist_corrupt_gzip(tmp_path):
 def test_mnist_inconsistent_arrays(tmp_path):
     arrays = synthetic_mnist(n_train=5)
     write_idx(tmp_path, arrays, overrides={"y_train": idx_bytes(np.zeros(4))})
-    with pytest.raises(ValueError, match="x_train has 5 images but y_train has 4 labels"):
+    with pytest.raises(ValueError, match="x_train has 5 images but y_train has 4 labels") as e:
         data.load_mnist(tmp_path)
+    assert str(e.value).startswith(f"{tmp_path / IDX_NAMES['x_train']} and {tmp_path / IDX_NAMES['y_train']}: ")
     other = tmp_path / "sub"
     other.mkdir()
     write_idx(other, {**arrays, "x_test": np.zeros((3, 14, 14))})
-    with pytest.raises(ValueError, match="train and test images differ in size; received 784 and 196"):
+    with pytest.raises(ValueError, match="train and test images differ in size; received 784 and 196") as e:
         data.load_mnist(other)
+    assert IDX_NAMES["x_test"] in str(e.value) and IDX_NAMES["x_train"] in str(e.value)
 
 
 def test_mnist_bad_npz(tmp_path):
     arrays = synthetic_mnist()
     np.savez(tmp_path / "a.npz", **{k: v for k, v in arrays.items() if k != "y_test"})
-    with pytest.raises(ValueError, match=r"must hold the arrays .*; missing \['y_test'\]"):
+    with pytest.raises(ValueError, match=r"a.npz: must hold the arrays .*; missing \['y_test'\]"):
         data.load_mnist(tmp_path / "a.npz")
     np.savez(tmp_path / "b.npz", **{**arrays, "x_train": arrays["x_train"] / 255.0})
-    with pytest.raises(ValueError, match="x_train must be uint8 pixels and y_train integer labels; received float64"):
+    with pytest.raises(ValueError, match="b.npz: x_train must be uint8 pixels; received float64"):
         data.load_mnist(tmp_path / "b.npz")
     (tmp_path / "c.npz").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a readable .npz file"):
+    with pytest.raises(ValueError, match="c.npz: not a readable zip archive"):
         data.load_mnist(tmp_path / "c.npz")
     np.save(tmp_path / "d.npy", arrays["x_train"])
-    with pytest.raises(ValueError, match="received a single array"):
+    with pytest.raises(ValueError, match="d.npy: a single .npy array, not a .npz archive"):
         data.load_mnist(tmp_path / "d.npy")
+    # other members are neither needed nor read
+    np.savez(tmp_path / "e.npz", **arrays, extra=np.array([object()], dtype=object))
+    check_loaded(data.load_mnist(tmp_path / "e.npz"), arrays)
+
+
+def npz_with(tmp_path, name="m.npz", **changes):
+    arrays = {**synthetic_mnist(), **changes}
+    np.savez(tmp_path / name, **arrays)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(y_train=np.array([0, 1, 2, 3, -1])), r"y_train labels must be class indices in \[0, 255\]; "
+                                                "received labels from -1 to 3"),
+    (dict(y_test=np.array([0, 10**12, 2])), r"received labels from 0 to 1000000000000"),
+    (dict(y_test=np.array([0.0, 1.0, 2.0])), "y_test must be integer labels; received float64"),
+    (dict(y_train=np.zeros((5, 1), np.uint8)), r"y_train must be \(n,\); received shape \(5, 1\)"),
+    (dict(x_train=np.zeros(5, np.uint8)), r"x_train must be \(n, rows, cols\) or \(n, pixels\); received shape \(5,\)"),
+    (dict(x_train=np.zeros((5, 2, 2, 2), np.uint8)), "received shape"),
+    (dict(x_train=np.zeros((0, 28, 28), np.uint8), y_train=np.zeros(0, np.uint8)), "x_train has no images"),
+    (dict(x_test=np.zeros((3, 0, 28), np.uint8)), r"x_test images have no pixels; received shape \(3, 0, 28\)"),
+    (dict(y_test=np.zeros(4, np.uint8)), "x_test has 3 images but y_test has 4 labels"),
+    (dict(x_test=np.zeros((3, 28, 27), np.uint8)), "train and test images differ in size; received 784 and 756"),
+    (dict(x_test=np.zeros((3, 2), ">u2")), "dtype >u2 is big-endian"),
+], ids=["negative-label", "huge-label", "float-labels", "2d-labels", "1d-images", "4d-images", "no-images",
+        "no-pixels", "count", "size", "big-endian"])
+def test_mnist_npz_inconsistent(tmp_path, changes, message):
+    path = npz_with(tmp_path, **changes)
+    with pytest.raises(ValueError, match=message) as e:
+        data.load_mnist(path)
+    assert str(e.value).startswith(f"{path}: ")
+
+
+def zip_with_member(path, name: str, member: bytes, **arrays):
+    import zipfile
+
+    np.savez(path, **arrays)
+    with zipfile.ZipFile(path, "a") as zf:
+        zf.writestr(name + ".npy", member)
+
+
+def npy_header(descr: str, shape: tuple) -> bytes:
+    text = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode() + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text
+
+
+@pytest.mark.parametrize("descr, shape, message", [
+    ("|u1", (10**13, 28, 28), r"declares shape \(10000000000000, 28, 28\) of uint8 \(7840000000000000 bytes\); "
+                              "the member holds 16"),
+    ("|u1", (2**40, 2**40, 2**40), r"the member holds 16"),
+    ("|O", (2,), "dtype object is not allowed"),
+])
+def test_mnist_npz_crafted_header(tmp_path, descr, shape, message):
+    arrays = synthetic_mnist()
+    path = tmp_path / "mnist.npz"
+    zip_with_member(path, "x_train", npy_header(descr, shape) + bytes(16),
+                    **{k: v for k, v in arrays.items() if k != "x_train"})
+    with pytest.raises(ValueError, match=message) as e:
+        data.load_mnist(tmp_path)
+    assert str(e.value).startswith(f"{path}: member 'x_train'")
+
+
+def test_mnist_npz_damaged(tmp_path):
+    path = npz_with(tmp_path)
+    raw = path.read_bytes()
+    for cut in range(0, len(raw), 97):
+        path.write_bytes(raw[:cut])
+        with pytest.raises(ValueError, match=re.escape(str(path))):
+            data.load_mnist(path)
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        b = bytearray(raw)
+        b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
+        path.write_bytes(bytes(b))
+        try:
+            data.load_mnist(path)
+        except ValueError as e:
+            assert str(e).startswith(f"{path}: ")
+
+
+def gzip_bomb(head: bytes, inflated: int) -> bytes:
+    """``head`` then ``inflated`` zero bytes, as about ``inflated / 1000``
+    bytes of gzip: concatenated members of 1 MiB of zeros each."""
+    block = gzip.compress(bytes(2**20))
+    return gzip.compress(head) + block * (inflated // 2**20)
+
+
+def test_mnist_gzip_bomb_is_not_inflated(tmp_path):
+    arrays = synthetic_mnist(n_train=20)
+    write_idx(tmp_path, arrays)
+    bomb = gzip_bomb(header(0x803, 20, 28, 28), 2**30)  # 1 GiB behind a 20x28x28 header
+    assert len(bomb) < 2 * 2**20
+    (tmp_path / IDX_NAMES["x_train"]).unlink()
+    (tmp_path / (IDX_NAMES["x_train"] + ".gz")).write_bytes(bomb)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=r"IDX dimensions \(20, 28, 28\) need 15680 data bytes; "
+                                             r"received more \(the data goes on past them\)") as e:
+            data.load_mnist(tmp_path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(e.value).startswith(str(tmp_path / (IDX_NAMES["x_train"] + ".gz")))
+    assert peak < 8 * 2**20
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+@pytest.mark.parametrize("key, raw, message", [
+    ("x_train", header(0x803, 2**32 - 1, 2**32 - 1, 2**32 - 1) + bytes(10),
+     r"IDX dimensions \(4294967295, 4294967295, 4294967295\) need 79228162458924105385300197375 data bytes; received 10"),
+    ("x_train", header(0x803, 2**32 - 1, 2**16, 2**16) + bytes(10), "need 18446744069414584320 data bytes"),
+    ("y_test", header(0x801, 2**32 - 1) + bytes(10), r"IDX dimensions \(4294967295,\) need 4294967295 data bytes"),
+    ("x_test", header(0x802, 3, 784) + bytes(3 * 784),
+     r"IDX magic number must be 0x00000803 .* received 0x00000802 \(unsigned bytes, 2 dimensions\)"),
+    ("x_test", header(0x0903, 3, 28, 28) + bytes(3 * 784), r"received 0x00000903 \(signed bytes, 3 dimensions\)"),
+    ("y_train", header(0x1234801, 5) + bytes(5), r"received 0x01234801 \(not an IDX file, 1 dimension\)"),
+    ("y_train", b"", "IDX header must be 8 bytes; received a 0-byte file"),
+], ids=["overflow", "overflow-64", "huge-labels", "2d-images", "signed", "not-idx", "empty"])
+def test_mnist_bad_idx(tmp_path, gz, key, raw, message):
+    write_idx(tmp_path, synthetic_mnist(), overrides={key: raw}, gz=(key,) if gz else ())
+    with pytest.raises(ValueError, match=message) as e:
+        data.load_mnist(tmp_path)
+    assert str(e.value).startswith(str(tmp_path / (IDX_NAMES[key] + (".gz" if gz else ""))) + ": ")
+
+
+def test_mnist_bad_gzip_data(tmp_path):
+    arrays = synthetic_mnist()
+    name = IDX_NAMES["x_test"] + ".gz"
+    good = gzip.compress(idx_bytes(arrays["x_test"]))
+    cases = {
+        "crc": good[:-8] + bytes([good[-8] ^ 1]) + good[-7:],                  # CRC-32 of the trailer
+        "length": good[:-4] + bytes([good[-4] ^ 1]) + good[-3:],               # ISIZE of the trailer
+        "deflate": good[:20] + bytes([good[20] ^ 0xFF]) + good[21:],           # the compressed stream
+        "short-data": gzip.compress(idx_bytes(arrays["x_test"])[:-5]),
+        "long-data": gzip.compress(idx_bytes(arrays["x_test"]) + b"\0"),
+        "trailing-garbage": good + b"garbage!",
+    }
+    for what, raw in cases.items():
+        write_idx(tmp_path, arrays)
+        (tmp_path / IDX_NAMES["x_test"]).unlink()
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(ValueError) as e:
+            data.load_mnist(tmp_path)
+        assert str(e.value).startswith(f"{tmp_path / name}: "), (what, str(e.value))
+    # every truncation of a good file
+    for cut in range(0, len(good), 7):
+        (tmp_path / name).write_bytes(good[:cut])
+        with pytest.raises(ValueError, match=re.escape(str(tmp_path / name))):
+            data.load_mnist(tmp_path)
+
+
+def test_mnist_idx_labels_may_use_the_whole_byte(tmp_path):
+    # IDX labels are bytes: 0..255 are all accepted (other label sets than 0..9)
+    arrays = synthetic_mnist()
+    arrays["y_train"] = np.array([0, 255, 7, 61, 9], np.uint8)
+    write_idx(tmp_path, arrays)
+    (_, y), _ = data.load_mnist(tmp_path)
+    np.testing.assert_array_equal(y, [0, 255, 7, 61, 9])
+
+
+def test_mnist_bad_path_type():
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike path; received int 3"):
+        data.load_mnist(3)
 
 
 def test_mnist_bad_dtype(tmp_path):

@@ -13,14 +13,15 @@ seed, or a ``numpy.random.Generator`` (used, and advanced, as it is).
 from __future__ import annotations
 
 import gzip
+import math
 import numbers
 import os
-import zipfile
+import struct
 import zlib
 
 import numpy as np
 
-from . import _validate
+from . import _archive, _validate
 
 __all__ = ["load_digits", "load_mnist", "batches", "train_val_split", "MNIST_FILES"]
 
@@ -148,36 +149,70 @@ MNIST_FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned bytes, 3 or 1 dimensions
+_IDX_TYPES = {0x08: "unsigned bytes", 0x09: "signed bytes", 0x0B: "int16", 0x0C: "int32",
+              0x0D: "float32", 0x0E: "float64"}
+_CHUNK = 2**20
+
+
+def _read_upto(f, n: int) -> bytearray:
+    """At most ``n`` bytes from ``f`` (fewer at the end of the data), read
+    in pieces: nothing past ``n`` is decompressed or held, and nothing is
+    allocated for bytes that are not there."""
+    out = bytearray()
+    while len(out) < n:
+        piece = f.read(min(_CHUNK, n - len(out)))
+        if not piece:
+            break
+        out += piece
+    return out
 
 
 def _read_idx(path: str, ndim: int) -> np.ndarray:
-    """An IDX file of unsigned bytes with ``ndim`` dimensions, checked:
-    magic number, dimensions (big-endian uint32) and exact data length."""
-    try:
-        if path.endswith(".gz"):
-            with gzip.open(path, "rb") as f:
-                raw = f.read()
-        else:
-            with open(path, "rb") as f:
-                raw = f.read()
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: not a valid gzip file ({e})") from e
+    """An IDX file of unsigned bytes with ``ndim`` dimensions, raw or
+    gzipped (``.gz``), checked: the magic number, the dimensions (big-endian
+    uint32) and the exact data length.
+
+    The data is read only as far as the dimensions say, plus one byte to
+    find out whether the file goes on: a small ``.gz`` that would inflate to
+    far more than its header declares is refused without inflating it, and
+    a raw file's length is checked before its data is read. Every problem,
+    a damaged gzip stream (CRC, truncation) included, raises ValueError
+    naming the file.
+    """
     want = _IDX_MAGIC[ndim]
     head = 4 + 4 * ndim
-    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
-    if magic is not None and magic != want:
-        raise ValueError(
-            f"{path}: IDX magic number must be 0x{want:08x} (unsigned bytes, {ndim} dimension"
-            f"{'s' if ndim > 1 else ''}); received 0x{magic:08x}"
-        )
-    if len(raw) < head:
-        raise ValueError(f"{path}: IDX header must be {head} bytes; received a {len(raw)}-byte file")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    size = int(np.prod(dims, dtype=np.int64))
-    body = len(raw) - 4 - 4 * ndim
-    if body != size:
-        raise ValueError(f"{path}: IDX dimensions {dims} need {size} data bytes; received {body}")
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    gz = path.endswith(".gz")
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            raw = _read_upto(f, head)
+            magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+            if magic is not None and magic != want:
+                code = (magic >> 8) & 0xFF
+                kind = _IDX_TYPES.get(code, "an unknown type") if magic >> 16 == 0 else "not an IDX file"
+                raise ValueError(
+                    f"{path}: IDX magic number must be 0x{want:08x} (unsigned bytes, {ndim} dimension"
+                    f"{'s' if ndim > 1 else ''}); received 0x{magic:08x} ({kind}, {magic & 0xFF} "
+                    f"dimension{'s' if magic & 0xFF != 1 else ''})"
+                )
+            if len(raw) < head:
+                raise ValueError(f"{path}: IDX header must be {head} bytes; received a {len(raw)}-byte file")
+            dims = struct.unpack(f">{ndim}I", raw[4:head])
+            size = math.prod(dims)  # a Python int: no overflow
+            if gz:
+                data = _read_upto(f, size + 1)
+            else:  # the length is known: check it, then read straight into the array
+                body = os.fstat(f.fileno()).st_size - head
+                if body != size:
+                    raise ValueError(f"{path}: IDX dimensions {dims} need {size} data bytes; received {body}")
+                data = np.empty(size, dtype=np.uint8)
+                got = f.readinto(memoryview(data))
+                data = data[:got or 0]  # shorter only if the file shrank meanwhile
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: not a valid gzip file ({e})") from e
+    if len(data) != size:
+        received = "more (the data goes on past them)" if len(data) > size else str(len(data))
+        raise ValueError(f"{path}: IDX dimensions {dims} need {size} data bytes; received {received}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
 
 
 def _find(directory: str, name: str):
@@ -189,20 +224,42 @@ def _find(directory: str, name: str):
 
 
 def _load_npz(path: str) -> dict:
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a readable .npz file ({e})") from e
-    if not isinstance(z, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: must be a .npz archive of {list(MNIST_FILES)}; received a single array")
-    with z:
-        missing = [k for k in MNIST_FILES if k not in z.files]
+    """The four arrays of an MNIST ``.npz``, through the checked archive
+    reader: a damaged file, a crafted header (a huge or overflowing shape,
+    an object dtype) or a missing array raises ValueError naming the file;
+    other members are not read."""
+    with _archive.Reader(path) as r:
+        missing = [k for k in MNIST_FILES if k not in r]
         if missing:
             raise ValueError(f"{path}: must hold the arrays {list(MNIST_FILES)}; missing {missing}")
-        try:
-            return {k: z[k] for k in MNIST_FILES}
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: corrupt .npz member ({e})") from e
+        return {k: r.array(k) for k in MNIST_FILES}
+
+
+def _check_split(split: str, x: np.ndarray, y: np.ndarray, x_src: str, y_src: str) -> None:
+    """One split's images and labels, each problem a ValueError naming the
+    file(s) it is in."""
+    both = x_src if x_src == y_src else f"{x_src} and {y_src}"
+    if x.dtype != np.uint8:
+        raise ValueError(f"{x_src}: x_{split} must be uint8 pixels; received {x.dtype}")
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{y_src}: y_{split} must be integer labels; received {y.dtype}")
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{x_src}: x_{split} must be (n, rows, cols) or (n, pixels); received shape {x.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"{y_src}: y_{split} must be (n,); received shape {y.shape}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{both}: x_{split} has {x.shape[0]} images but y_{split} has {y.shape[0]} labels")
+    if x.shape[0] == 0:
+        raise ValueError(f"{x_src}: x_{split} has no images")
+    if math.prod(x.shape[1:]) == 0:
+        raise ValueError(f"{x_src}: x_{split} images have no pixels; received shape {x.shape}")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi > _MAX_LABEL:
+        raise ValueError(f"{y_src}: y_{split} labels must be class indices in [0, {_MAX_LABEL}]; "
+                         f"received labels from {lo} to {hi}")
+
+
+_MAX_LABEL = 255  # what an IDX label byte holds
 
 
 def load_mnist(path, dtype=np.float32):
@@ -219,23 +276,28 @@ def load_mnist(path, dtype=np.float32):
     [0, 1]; ``y`` is int64.
 
     Raises FileNotFoundError naming the files looked for when they are not
-    there, and ValueError for a corrupt or inconsistent file (IDX magic
-    number, dimensions, length; image and label counts; pixel dtype).
+    there, and ValueError naming the file for a corrupt or inconsistent one:
+    IDX magic number (type code, number of dimensions), dimensions and data
+    length (read no further than the dimensions say, so a gzip bomb is not
+    inflated), a damaged gzip stream or ``.npz`` archive (see
+    ``fusedtrain._archive``), pixel and label dtypes and shapes, image and
+    label counts, no images or no pixels, labels outside [0, 255], train and
+    test images of different sizes.
     """
     dt = _float_dtype(dtype)
-    path = os.fspath(path)
+    path = _archive._path(path)
     if os.path.isfile(path):
         arrays = _load_npz(path)
-        source = path
+        sources = dict.fromkeys(MNIST_FILES, path)
     elif os.path.isdir(path):
         found = {k: _find(path, name) for k, name in MNIST_FILES.items()}
         npz = os.path.join(path, "mnist.npz")
         if all(found.values()):
             arrays = {k: _read_idx(p, 3 if k.startswith("x") else 1) for k, p in found.items()}
-            source = path
+            sources = found
         elif os.path.isfile(npz):
             arrays = _load_npz(npz)
-            source = npz
+            sources = dict.fromkeys(MNIST_FILES, npz)
         else:
             missing = [f"{MNIST_FILES[k]}[.gz]" for k, p in found.items() if p is None]
             raise FileNotFoundError(
@@ -249,23 +311,20 @@ def load_mnist(path, dtype=np.float32):
             f"{list(MNIST_FILES.values())} (or .gz) or mnist.npz, or the path of a .npz file"
         )
 
+    for split in ("train", "test"):
+        _check_split(split, arrays[f"x_{split}"], arrays[f"y_{split}"],
+                     sources[f"x_{split}"], sources[f"y_{split}"])
+    xs = {split: arrays[f"x_{split}"] for split in ("train", "test")}
+    pixels = {split: math.prod(x.shape[1:]) for split, x in xs.items()}
+    if pixels["train"] != pixels["test"]:
+        where = sorted({sources["x_train"], sources["x_test"]})
+        raise ValueError(f"{' and '.join(where)}: train and test images differ in size; received "
+                         f"{pixels['train']} and {pixels['test']} pixels")
     out = []
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or y.dtype.kind not in "iu":
-            raise ValueError(f"{source}: x_{split} must be uint8 pixels and y_{split} integer labels; "
-                             f"received {x.dtype} and {y.dtype}")
-        if x.ndim not in (2, 3) or y.ndim != 1:
-            raise ValueError(f"{source}: x_{split} must be (n, rows, cols) or (n, pixels) and y_{split} (n,); "
-                             f"received {x.shape} and {y.shape}")
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"{source}: x_{split} has {x.shape[0]} images but y_{split} has "
-                             f"{y.shape[0]} labels")
-        x = x.reshape(x.shape[0], -1).astype(dt) / dt.type(255)
-        out.append((x, y.astype(np.int64)))
-    if out[0][0].shape[1] != out[1][0].shape[1]:
-        raise ValueError(f"{source}: train and test images differ in size; received "
-                         f"{out[0][0].shape[1]} and {out[1][0].shape[1]} pixels")
+        x = xs[split]
+        x = x.reshape(x.shape[0], pixels[split]).astype(dt) / dt.type(255)
+        out.append((x, arrays[f"y_{split}"].astype(np.int64)))
     return out[0], out[1]
 
 
