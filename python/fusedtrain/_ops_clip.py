@@ -7,6 +7,10 @@ All arrays of one call share one dtype (float32 or float64) and are
 C-contiguous; clipping writes them in place, so they must be writable and
 must not share memory. Nothing is converted, and a call that raises has
 changed nothing.
+
+Re-exported by :mod:`fusedtrain.ops`; every call goes through
+:func:`fusedtrain.backend.module_for`, which picks ``_core`` or the GPU
+adapter (whose norm and clipping methods take ``_core``'s arguments).
 """
 
 from __future__ import annotations
@@ -14,11 +18,8 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
-
-from . import _core
 from . import _validate as V
-from . import backend as _backend
+from .backend import is_array, module_for
 
 __all__ = ["global_norm", "clip_grad_norm_", "clip_grad_value_"]
 
@@ -26,7 +27,7 @@ __all__ = ["global_norm", "clip_grad_norm_", "clip_grad_value_"]
 def _grads(grads) -> list:
     if isinstance(grads, (list, tuple)):
         return list(grads)
-    if isinstance(grads, np.ndarray) or hasattr(grads, "__cuda_array_interface__"):
+    if is_array(grads):
         return [grads]
     raise TypeError("grads: expected an array or a list of arrays, received "
                     f"{type(grads).__module__}.{type(grads).__name__}")
@@ -46,34 +47,15 @@ def _foreach(value) -> None:
         raise TypeError(f"foreach must be None or a bool; received {type(value).__name__} {value!r}")
 
 
-def _on_gpu(first) -> bool:
-    """True for a GPU array, False for a NumPy array (backend.module_for's
-    rule); TypeError naming grads[0] for anything else."""
-    if isinstance(first, np.ndarray):
-        return False
-    if hasattr(first, "__cuda_array_interface__"):
-        _backend.module_for(first)  # RuntimeError when built without CUDA
-        return True
-    hint = (" (pass tensor.numpy(), or use fusedtrain.torch.clip_grad_norm_ on parameters)"
-            if type(first).__module__.startswith("torch") else "")
-    raise TypeError("grads[0]: expected a numpy.ndarray or a GPU array (an object with "
-                    f"__cuda_array_interface__), received {type(first).__module__}."
-                    f"{type(first).__name__}{hint}")
-
-
-def _gpu_scalar(first):
-    """A 0-d float64 GPU array from the library of ``first`` (torch or CuPy)."""
-    if type(first).__module__.startswith("torch"):
-        import torch
-
-        return torch.empty((), dtype=torch.float64, device=first.device)
-    import cupy
-
-    return cupy.empty((), dtype=cupy.float64)
-
-
-def _stream(first) -> int:
-    return _backend._current_stream(first) if _backend._has_device() else 0
+def _module(first):
+    """module_for(grads[0]), with a hint for a torch CPU tensor."""
+    try:
+        return module_for(first, "grads[0]")
+    except TypeError as exc:
+        if type(first).__module__.startswith("torch"):
+            raise TypeError(f"{exc} (pass tensor.numpy(), or use fusedtrain.torch.clip_grad_norm_ "
+                            "on parameters)") from None
+        raise
 
 
 def global_norm(grads, norm_type=2.0):
@@ -97,12 +79,7 @@ def global_norm(grads, norm_type=2.0):
     grads = _grads(grads)
     if not grads:
         return 0.0
-    first = grads[0]
-    if not _on_gpu(first):
-        return _core.global_norm(grads, p)
-    out = _gpu_scalar(first)
-    _backend._cuda.global_norm(grads, p, out, _stream(first))
-    return out
+    return _module(grads[0]).global_norm(grads, p)
 
 
 def _nonfinite_error(p: float) -> RuntimeError:
@@ -150,21 +127,11 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
     grads = _grads(grads)
     if not grads:
         return 0.0
-    first = grads[0]
-    if not _on_gpu(first):
-        # one call: every array checked (writable too), the norm, the scaling
-        total = _core.clip_grad_norm_(grads, max_norm, p, error_if_nonfinite)
-        if error_if_nonfinite and not math.isfinite(total):
-            raise _nonfinite_error(p)  # nothing was scaled
-        return total
-    cuda = _backend._cuda
-    total = _gpu_scalar(first)
-    cuda.clip_by_norm_(grads, total, max_norm, True, 0)
-    stream = _stream(first)
-    cuda.global_norm(grads, p, total, stream)
+    # one call: every array checked (writable too), the norm, the scaling --
+    # which is skipped when error_if_nonfinite and the norm is not finite
+    total = _module(grads[0]).clip_grad_norm_(grads, max_norm, p, error_if_nonfinite)
     if error_if_nonfinite and not math.isfinite(float(total)):
-        raise _nonfinite_error(p)
-    cuda.clip_by_norm_(grads, total, max_norm, False, stream)
+        raise _nonfinite_error(p)  # nothing was scaled
     return total
 
 
@@ -188,9 +155,5 @@ def clip_grad_value_(grads, clip_value, foreach=None):
     grads = _grads(grads)
     if not grads:
         return None
-    first = grads[0]
-    if not _on_gpu(first):
-        _core.clamp_(grads, -c, c)
-    else:
-        _backend._cuda.clamp_(grads, -c, c, False, _stream(first))
+    _module(grads[0]).clamp_(grads, -c, c)
     return None

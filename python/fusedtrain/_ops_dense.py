@@ -5,12 +5,15 @@ CUDA tensors; cuBLASLt comes from the optional nvidia-cublas wheel,
 ``pip install "fusedtrain[cuda]"``); the bias, the activation and (backward)
 the activation derivative and the bias-gradient column sums are fused into
 single passes around them (into cuBLASLt's own epilogue where it has one).
+
+Re-exported by :mod:`fusedtrain.ops`; runs through
+:func:`fusedtrain.backend.module_for`, like every kernel.
 """
 
 from __future__ import annotations
 
 from . import _validate as V
-from .backend import kernels_for
+from .backend import module_for
 
 __all__ = ["dense_forward", "dense_backward", "ACTIVATIONS"]
 
@@ -66,7 +69,7 @@ def dense_forward(x, w, b=None, activation="identity", out=None, **act_kwargs):
     (row-wise).
     """
     code, slope = _act_kwargs(activation, act_kwargs)
-    y, z = kernels_for("x", x).dense_forward(x, w, b, out, code, slope)
+    y, z = module_for(x, "x").dense_forward(x, w, b, out, code, slope)
     if code == _IDENTITY:
         return y, None
     return y, (z if z is not None else y)
@@ -85,6 +88,6 @@ def dense_backward(dy, x, w, saved, activation="identity", need_dx=True, dw_out=
     across batches, nothing is allocated per call when all are given).
     """
     code, slope = _act_kwargs(activation, act_kwargs)
-    return kernels_for("dy", dy).dense_backward(
+    return module_for(dy, "dy").dense_backward(
         dy, x, w, saved, code, slope, V.flag("need_dx", need_dx), dw_out, db_out,
         V.flag("accumulate", accumulate), dx_out, workspace)

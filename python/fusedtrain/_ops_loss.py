@@ -25,7 +25,7 @@ from __future__ import annotations
 import numbers
 
 from . import _validate as V
-from .backend import kernels_for
+from .backend import module_for
 
 __all__ = ["softmax_cross_entropy", "bce_with_logits", "mse", "dropout", "dropout_backward"]
 
@@ -48,13 +48,6 @@ def _integer(name: str, value, low: int, high: int) -> int:
     if not low <= v < high:
         raise ValueError(f"{name} must be in [{low}, {high}); received {v}")
     return v
-
-
-def _module(name: str, x):
-    """The compiled module that runs kernels on arrays like ``x``: ``_core``
-    for NumPy, ``_cuda`` (through backend's adapter) for CuPy arrays and
-    torch CUDA tensors."""
-    return kernels_for(name, x)
 
 
 def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, label_smoothing=0.0,
@@ -95,7 +88,7 @@ def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, label_
     red = _reduction(reduction)
     eps = V.in_range("label_smoothing", label_smoothing, 0.0, 1.0, True)
     ig = _integer("ignore_index", ignore_index, -(1 << 63), 1 << 63)
-    return _module("logits", logits).softmax_cross_entropy(logits, labels, weight, out, ig, eps,
+    return module_for(logits, "logits").softmax_cross_entropy(logits, labels, weight, out, ig, eps,
                                                            red)
 
 
@@ -114,7 +107,7 @@ def bce_with_logits(logits, targets, reduction="mean"):
     logits' shape ("none").
     """
     red = _reduction(reduction)
-    return _module("logits", logits).bce_with_logits(logits, targets, red)
+    return module_for(logits, "logits").bce_with_logits(logits, targets, red)
 
 
 def mse(pred, target, reduction="mean"):
@@ -127,7 +120,7 @@ def mse(pred, target, reduction="mean"):
     pred's shape ("none").
     """
     red = _reduction(reduction)
-    return _module("pred", pred).mse(pred, target, red)
+    return module_for(pred, "pred").mse(pred, target, red)
 
 
 def dropout(x, p, seed, offset=0, out=None, mask_out=None):
@@ -157,7 +150,7 @@ def dropout(x, p, seed, offset=0, out=None, mask_out=None):
     p = V.in_range("p", p, 0.0, 1.0, False)
     seed = _integer("seed", seed, 0, _U64)
     offset = _integer("offset", offset, 0, _U64)
-    return _module("x", x).dropout(x, p, seed, offset, out, mask_out)
+    return module_for(x, "x").dropout(x, p, seed, offset, out, mask_out)
 
 
 def dropout_backward(dy, mask, p, out=None):
@@ -168,4 +161,4 @@ def dropout_backward(dy, mask, p, out=None):
     takes a preallocated dx (dy's dtype and shape; it may be dy itself).
     """
     p = V.in_range("p", p, 0.0, 1.0, False)
-    return _module("dy", dy).dropout_backward(dy, mask, p, out)
+    return module_for(dy, "dy").dropout_backward(dy, mask, p, out)

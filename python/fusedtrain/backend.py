@@ -1,8 +1,18 @@
-"""Which compiled module runs a call, and what the build contains."""
+"""Which compiled module runs a call, and what the build contains.
+
+Layout, top-down: ``cli -> train -> nn / optim / torch -> ops -> backend ->
+_core (CPU) / _cuda, _cuda_blas (GPU)``. This module is the bottom Python
+layer: :func:`module_for` is the one dispatcher between the CPU and the GPU
+(``_core`` itself for NumPy arrays, a :class:`CudaModule` adapter with
+``_core``'s method names for GPU arrays), and the array helpers the layers
+above use to make state buffers in a parameter's own library and device.
+Nothing here imports anything above it.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import numpy as np
@@ -86,123 +96,26 @@ def build_info() -> dict:
     return info
 
 
-def module_for(first) -> object:
-    """What runs kernels on arrays like ``first`` (the first parameter).
-
-    A ``numpy.ndarray`` gets ``_core`` itself (one isinstance check: the CPU
-    path pays nothing for the GPU's existence). An object exposing
-    ``__cuda_array_interface__`` (a CuPy array, a torch CUDA tensor) gets an
-    adapter with the same methods as ``_core`` (``adam_``, ``sgd_``,
-    ``rmsprop_``, ``adagrad_``) that calls ``_cuda`` with the caller's
-    current stream appended. ``_cuda`` checks every array of the call, with
-    the CPU path's messages, before it launches anything, so a NumPy array
-    mixed into a GPU call raises TypeError naming it ("grads[2]: expected a
-    GPU array like params[0], received numpy.ndarray"); a NumPy call with a
-    GPU array in it is rejected the same way by ``_core``. Without the CUDA
-    module or without a device, the GPU call raises RuntimeError (after the
-    argument checks).
-    """
-    if isinstance(first, np.ndarray):
-        return _core
-    if _has_cai(first):
-        if _cuda is None:
-            raise RuntimeError(
-                "params[0] is a GPU array, but fusedtrain was built without CUDA "
-                f"({_cuda_import_error or 'no CUDA compiler at build time'}); rebuild with nvcc "
-                "on PATH (-Ccmake.define.FUSEDTRAIN_CUDA=ON) or pass NumPy arrays")
-        return _CudaOps(first)
-    raise TypeError(
-        "params[0]: expected a numpy.ndarray or a GPU array (an object with "
-        f"__cuda_array_interface__), received {type(first).__module__}.{type(first).__name__}"
-    )
-
-
-_cupy = None  # the cupy module once imported; False when it cannot be
-
-
-def _current_stream(first) -> int:
-    """The stream the caller works on, as an integer handle: torch's current
-    stream for a torch tensor, else CuPy's current stream when CuPy imports,
-    else 0 (the legacy default stream)."""
-    global _cupy
-    if type(first).__module__.startswith("torch"):
-        import torch
-
-        return int(torch.cuda.current_stream(first.device).cuda_stream)
-    if _cupy is None:
-        try:
-            import cupy
-        except Exception:  # not installed, or no usable CUDA runtime for it
-            cupy = False
-        _cupy = cupy
-    if _cupy is False:
-        return 0
-    return int(_cupy.cuda.get_current_stream().ptr)
-
-
-class _CudaOps:
-    """``_cuda``'s optimizer steps under ``_core``'s signatures: every
-    positional argument as ``_core`` takes it (ending with ``dry_run``), the
-    stream appended here, keyword arguments passed on. A dry run needs no
-    stream and no device."""
-
-    __slots__ = ("_first", "_torch")
-
-    def __init__(self, first):
-        self._first = first
-        self._torch = _is_torch(first)
-
-    def _stream(self, dry_run) -> int:
-        if dry_run or not _has_device():
-            return 0  # nothing will be launched (_cuda raises without a device)
-        return _current_stream(self._first)
-
-    def _call(self, kernel, args, kwargs):
-        if self._torch:
-            args = _plain_lists(args)
-            kwargs = dict(zip(kwargs, _plain_lists(tuple(kwargs.values()))))
-        return kernel(*args, self._stream(args[-1]), **kwargs)
-
-    def adam_(self, *args, **kwargs):
-        return self._call(_cuda.adam_, args, kwargs)
-
-    def sgd_(self, *args, **kwargs):
-        return self._call(_cuda.sgd_, args, kwargs)
-
-    def rmsprop_(self, *args, **kwargs):
-        return self._call(_cuda.rmsprop_, args, kwargs)
-
-    def adagrad_(self, *args, **kwargs):
-        return self._call(_cuda.adagrad_, args, kwargs)
-
-    def found_nonfinite_(self, arrays, out, dry_run=False):
-        return self._call(_cuda.found_nonfinite_, (arrays, out, dry_run), {})
-
-
-_device_present = None
-
-
-def _has_device() -> bool:
-    global _device_present
-    if _device_present is None:
-        _device_present = cuda_available()
-    return _device_present
-
-
 # ---------------------------------------------------------------------------
-# single-array kernels (losses, dropout, dense): dispatch on the first array
+# the dispatcher: which module runs a kernel on arrays like the first one
 # ---------------------------------------------------------------------------
-def kernels_for(name: str, first) -> object:
-    """What runs a loss, dropout or dense kernel on arrays like ``first``
-    (the argument called ``name``): ``_core`` for a ``numpy.ndarray``, a
-    :class:`_CudaKernels` adapter with the same method names for an object
-    with ``__cuda_array_interface__`` (CuPy array, torch CUDA tensor).
+def module_for(first, name: str = "params[0]") -> object:
+    """What runs kernels on arrays like ``first`` (the argument called ``name``).
 
-    The other arrays of the call are checked by the module that runs it,
-    with the CPU path's messages, before anything runs: a NumPy array in a
-    GPU call raises TypeError ("labels: expected a GPU array like logits,
-    received numpy.ndarray"), and a GPU array in a NumPy call raises
-    TypeError from ``_core`` ("expected a numpy.ndarray").
+    This is the one place that decides CPU or GPU. A ``numpy.ndarray`` gets
+    ``_core`` itself (one isinstance check: the CPU path pays nothing for the
+    GPU's existence). An object exposing ``__cuda_array_interface__`` (a CuPy
+    array, a torch CUDA tensor) gets a :class:`CudaModule`: the same method
+    names and positional arguments as ``_core`` -- optimizer steps, losses,
+    dropout, dense layers, norms and clipping -- calling ``_cuda`` /
+    ``_cuda_blas`` with the outputs allocated, the workspace and the caller's
+    current stream added. The compiled modules check every array of the call,
+    with the CPU path's messages, before they launch anything, so a NumPy
+    array mixed into a GPU call raises TypeError naming it ("grads[2]:
+    expected a GPU array like params[0], received numpy.ndarray"); a NumPy
+    call with a GPU array in it is rejected the same way by ``_core``.
+    Without the CUDA module the GPU call raises RuntimeError here; without a
+    device, after the argument checks.
     """
     if isinstance(first, np.ndarray):
         return _core
@@ -212,7 +125,7 @@ def kernels_for(name: str, first) -> object:
                 f"{name} is a GPU array, but fusedtrain was built without CUDA "
                 f"({_cuda_import_error or 'no CUDA compiler at build time'}); rebuild with nvcc "
                 "on PATH (-Ccmake.define.FUSEDTRAIN_CUDA=ON) or pass NumPy arrays")
-        return _CudaKernels(first)
+        return CudaModule(first)
     raise TypeError(
         f"{name}: expected a numpy.ndarray or a GPU array (an object with "
         f"__cuda_array_interface__), received {type(first).__module__}.{type(first).__name__}")
@@ -242,18 +155,48 @@ def _plain_lists(args):
     return [[_plain(a) for a in v] if isinstance(v, (list, tuple)) else _plain(v) for v in args]
 
 
-def _cupy_module():
+_cupy = None  # the cupy module once imported; False when it cannot be
+
+
+def _cupy_module(required: bool = True):
+    """CuPy, imported on first use (the only place fusedtrain imports it).
+    None when it cannot be imported and ``required`` is False; RuntimeError
+    saying how to install it when it is required."""
     global _cupy
     if _cupy is None:
         try:
             import cupy
-        except Exception:
+        except Exception:  # not installed, or no usable CUDA runtime for it
             cupy = False
         _cupy = cupy
     if _cupy is False:
+        if not required:
+            return None
         raise RuntimeError("fusedtrain needs CuPy to allocate GPU outputs: "
                            'pip install "fusedtrain[cuda]" (or cupy-cuda13x)')
     return _cupy
+
+
+def _current_stream(first) -> int:
+    """The stream the caller works on, as an integer handle: torch's current
+    stream for a torch tensor, else CuPy's current stream when CuPy imports,
+    else 0 (the legacy default stream)."""
+    if _is_torch(first):
+        import torch
+
+        return int(torch.cuda.current_stream(first.device).cuda_stream)
+    cp = _cupy_module(required=False)
+    return 0 if cp is None else int(cp.cuda.get_current_stream().ptr)
+
+
+_device_present = None
+
+
+def _has_device() -> bool:
+    global _device_present
+    if _device_present is None:
+        _device_present = cuda_available()
+    return _device_present
 
 
 def _device_id(x) -> int:
@@ -273,41 +216,99 @@ def _device_id(x) -> int:
 # their stream before they return, so the buffer is free again by then.
 _workspaces: dict = {}
 
+_TORCH_DTYPES = {"<f4": "float32", "<f8": "float64", "|b1": "bool", "|u1": "uint8"}
 
-class _CudaKernels:
-    """``_cuda``'s loss, dropout and dense kernels under ``_core``'s
-    signatures: this adapter adds the allocator of missing outputs (CuPy, or
-    torch for torch tensors, on the first array's device), the cached
-    reduction workspace and the caller's current stream. Without a device the
-    call still checks every argument, then raises RuntimeError."""
 
-    __slots__ = ("_first", "_stream_handle")
+class CudaModule:
+    """The GPU's adapter: ``_core``'s kernels under ``_core``'s names and
+    positional arguments, run by ``_cuda`` (``_cuda_blas`` for the dense
+    layers). It adds what the GPU call needs and the CPU call does not: the
+    caller's current stream (appended after every positional argument), the
+    allocator of missing outputs (CuPy, or torch for torch tensors, on the
+    first array's device) and the cached reduction workspace.
+
+    The optimizer steps and ``found_nonfinite_`` end their positional
+    arguments with ``dry_run`` (the bindings' convention, shared with
+    ``_core``): a dry run checks every argument and launches nothing, so it
+    needs no stream and no device. Without a device a real call still checks
+    every argument, then raises RuntimeError.
+    """
+
+    __slots__ = ("_first", "_torch", "_stream_handle")
 
     def __init__(self, first):
         self._first = first
+        self._torch = _is_torch(first)
         self._stream_handle = None
 
-    def _stream(self) -> int:
-        if not _has_device():
-            return 0  # nothing will be launched (_cuda raises after the checks)
+    def _stream(self, dry_run=False) -> int:
+        if dry_run or not _has_device():
+            return 0  # nothing will be launched (_cuda raises without a device)
         if self._stream_handle is None:
             self._stream_handle = _current_stream(self._first)
         return self._stream_handle
 
+    # ------------------------------------------------ optimizer steps
+    def _step(self, kernel, args, kwargs):
+        if self._torch:
+            args = _plain_lists(args)
+            kwargs = dict(zip(kwargs, _plain_lists(tuple(kwargs.values()))))
+        return kernel(*args, self._stream(args[-1]), **kwargs)
+
+    def adam_(self, *args, **kwargs):
+        return self._step(_cuda.adam_, args, kwargs)
+
+    def sgd_(self, *args, **kwargs):
+        return self._step(_cuda.sgd_, args, kwargs)
+
+    def rmsprop_(self, *args, **kwargs):
+        return self._step(_cuda.rmsprop_, args, kwargs)
+
+    def adagrad_(self, *args, **kwargs):
+        return self._step(_cuda.adagrad_, args, kwargs)
+
+    def found_nonfinite_(self, arrays, out, dry_run=False):
+        return self._step(_cuda.found_nonfinite_, (arrays, out, dry_run), {})
+
+    # ------------------------------------------------ norms and clipping
+    def global_norm(self, grads, p):
+        """The norm as a 0-d float64 GPU array (computed without synchronising)."""
+        grads = [_plain(g) for g in grads]
+        out = self._empty((), "<f8")
+        _cuda.global_norm(grads, p, out, self._stream())
+        return out
+
+    def clip_grad_norm_(self, grads, max_norm, p, error_if_nonfinite):
+        """As ``_core.clip_grad_norm_``: returns the total norm (a 0-d
+        float64 GPU array); scales nothing when error_if_nonfinite and the
+        norm is not finite (then read on the host)."""
+        grads = [_plain(g) for g in grads]
+        total = self._empty((), "<f8")
+        _cuda.clip_by_norm_(grads, total, max_norm, True, 0)  # the checks, first
+        stream = self._stream()
+        _cuda.global_norm(grads, p, total, stream)
+        if error_if_nonfinite and not math.isfinite(float(total)):
+            return total
+        _cuda.clip_by_norm_(grads, total, max_norm, False, stream)
+        return total
+
+    def clamp_(self, grads, low, high):
+        _cuda.clamp_([_plain(g) for g in grads], low, high, False, self._stream())
+
+    # ------------------------------------------------ allocation
     def _empty(self, shape, typestr):
         dtype = np.dtype(typestr)
-        if _is_torch(self._first):
+        if self._torch:
             import torch
 
-            tdt = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
-                   np.dtype(np.bool_): torch.bool, np.dtype(np.uint8): torch.uint8}[dtype]
+            tdt = getattr(torch, _TORCH_DTYPES[dtype.str])
             return torch.empty(tuple(shape), dtype=tdt, device=self._first.device)
         cp = _cupy_module()
         with cp.cuda.Device(_device_id(self._first)):
             return cp.empty(tuple(shape), dtype=dtype)
 
     def _workspace(self, nbytes):
-        key = (_is_torch(self._first), _device_id(self._first), self._stream())
+        key = (self._torch, _device_id(self._first), self._stream())
         buf = _workspaces.get(key)
         if buf is None or buf.__cuda_array_interface__["shape"][0] < nbytes:
             size = max(int(nbytes), 4096)
@@ -317,6 +318,7 @@ class _CudaKernels:
             _workspaces[key] = buf
         return buf
 
+    # ------------------------------------------------ losses, dropout, dense
     def softmax_cross_entropy(self, logits, labels, weight, out, ignore_index, label_smoothing,
                               reduction):
         logits, labels, weight, out = map(_plain, (logits, labels, weight, out))
@@ -425,6 +427,17 @@ _FLOAT_TYPESTRS = {"<f4": "float32", "<f8": "float64"}
 
 def is_gpu_array(x) -> bool:
     return not isinstance(x, np.ndarray) and _has_cai(x)
+
+
+def computes_in_double(x) -> bool:
+    """Whether the kernels' arithmetic for parameters like ``x`` is float64
+    (float64 parameters) rather than float32 (float32, float16, bfloat16)."""
+    if isinstance(x, np.ndarray):
+        return x.dtype == np.float64
+    if _is_torch(x):
+        return str(x.dtype) == "torch.float64"
+    cai = getattr(x, "__cuda_array_interface__", None)
+    return isinstance(cai, dict) and cai.get("typestr") == "<f8"
 
 
 def is_array(x) -> bool:
