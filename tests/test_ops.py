@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedtrain
+from fusedtrain import ops
 from conftest import (DTYPES, SPEC, SPECS, assert_buffers_close, assert_unchanged, copy_states,
                       dtype_id, hyper_id, kernel_step, make_rng, make_states, random_list,
                       reference_step, snapshot)
@@ -236,3 +237,81 @@ def test_flush_denormal(flush):
 def test_flush_denormal_bad_argument():
     with pytest.raises(TypeError, match="on: expected a bool"):
         fusedtrain.set_flush_denormal(1)
+
+
+# ---------------------------------------------------------------------------
+# grad_scale whose reciprocal is not finite and nonzero in the compute type
+# ---------------------------------------------------------------------------
+def _ops_call(name, dtype, grad_scale):
+    """One call of ops.<name> on fresh arrays; returns (call, arrays)."""
+    p, g = np.ones(4, dtype), np.ones(4, dtype)
+    s1, s2 = np.zeros(4, dtype), np.zeros(4, dtype)
+    fn = getattr(ops, name)
+    if name == "sgd_":
+        call = lambda: fn([p], [g], [s1], step=1, lr=0.1, momentum=0.9, grad_scale=grad_scale)
+    elif name in ("adam_", "adamw_"):
+        call = lambda: fn([p], [g], [s1], [s2], step=1, grad_scale=grad_scale)
+    elif name == "rmsprop_":
+        call = lambda: fn([p], [g], [s1], grad_scale=grad_scale)
+    else:
+        call = lambda: fn([p], [g], [s1], step=1, grad_scale=grad_scale)
+    return call, [p, g, s1, s2]
+
+
+OPT_FUNCS = ["sgd_", "adam_", "adamw_", "rmsprop_", "adagrad_"]
+
+
+@pytest.mark.parametrize("name", OPT_FUNCS)
+@pytest.mark.parametrize("dtype,scale", [(np.float32, 1e-40), (np.float32, 2.0**-150),
+                                         (np.float32, 1e46), (np.float32, 1e300),
+                                         (np.float64, 5e-324), (np.float64, 1e-310)])
+def test_grad_scale_with_unusable_reciprocal_is_refused(name, dtype, scale):
+    """1 / grad_scale rounded to the compute type would be inf or 0 (params
+    turned into -inf, or gradients erased): ValueError naming grad_scale,
+    nothing written."""
+    call, arrays = _ops_call(name, dtype, scale)
+    before = [a.copy() for a in arrays]
+    with pytest.raises(ValueError, match="grad_scale"):
+        call()
+    for a, b in zip(arrays, before):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", OPT_FUNCS)
+@pytest.mark.parametrize("dtype,scale", [(np.float32, 2.0**-126), (np.float32, 2.0**126),
+                                         (np.float32, 3e-39), (np.float64, 1e-300),
+                                         (np.float64, 1e300)])
+def test_grad_scale_at_the_edges_gives_finite_params(name, dtype, scale):
+    call, arrays = _ops_call(name, dtype, scale)
+    with np.errstate(all="ignore"):
+        call()
+    assert np.isfinite(arrays[0]).all()
+
+
+def test_grad_scale_1e_minus_40_example_from_the_issue():
+    p = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match=r"grad_scale.*reciprocal.*float32.*1e-40"):
+        ops.sgd_([p], [np.ones(4, np.float32)], step=1, lr=0.1, grad_scale=1e-40)
+    np.testing.assert_array_equal(p, np.ones(4, np.float32))
+
+
+def test_narrow_params_compute_in_float32_for_grad_scale():
+    """float16 params with float32 masters: the reciprocal is a float32."""
+    p = np.ones(4, np.float16)
+    master = np.ones(4, np.float32)
+    with pytest.raises(ValueError, match="grad_scale"):
+        ops.sgd_([p], [np.ones(4, np.float16)], step=1, lr=0.1, grad_scale=1e-40,
+                 master_params=[master])
+    np.testing.assert_array_equal(master, np.ones(4, np.float32))
+
+
+def test_fused_step_is_the_route_of_every_public_function(monkeypatch):
+    """ops.<opt>_ ends in ops.fused_step, the one place with each kernel's
+    argument list (the optimizer objects and the torch adapter call it too)."""
+    seen = []
+    real = ops.fused_step
+    monkeypatch.setattr(ops, "fused_step", lambda kernel, *a, **k: (seen.append(kernel),
+                                                                    real(kernel, *a, **k)))
+    for name in OPT_FUNCS:
+        _ops_call(name, np.float64, 1.0)[0]()
+    assert seen == ["sgd", "adam", "adam", "rmsprop", "adagrad"]

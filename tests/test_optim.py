@@ -433,3 +433,280 @@ def test_arena_per_group(spec):
         ref.step([g.copy() for g in grads])
     assert all(a.tobytes() == b.tobytes() for a, b in zip(p1 + p2, sep))
     assert_state_dict_equal(opt.state_dict(), ref.state_dict())
+
+
+# ---------------------------------------------------------------------------
+# reliability: loss scales, edited parameter lists, load_state_dict's checks,
+# threads, copies
+# ---------------------------------------------------------------------------
+import copy  # noqa: E402
+import json  # noqa: E402
+import pickle  # noqa: E402
+import threading  # noqa: E402
+
+from fusedtrain import _validate  # noqa: E402
+
+
+def _arrays(rng, shapes=((5,), (3, 2), (4,)), dtype=np.float32):
+    return random_list(rng, list(shapes), dtype)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+@pytest.mark.parametrize("dtype,scale", [(np.float32, 1e-40), (np.float32, 1e46),
+                                         (np.float64, 5e-324)])
+def test_object_refuses_grad_scale_with_unusable_reciprocal(spec, dtype, scale):
+    rng = make_rng("scale", spec.name)
+    params = _arrays(rng, dtype=dtype)
+    opt = spec.cls([{"params": params[:1]}, {"params": params[1:]}], **spec.heavy)
+    opt.step(_arrays(rng, dtype=dtype))
+    before, pbefore = opt.state_dict(), [p.copy() for p in params]
+    with pytest.raises(ValueError, match="grad_scale"):
+        opt.step(_arrays(rng, dtype=dtype), grad_scale=scale)
+    assert_state_dict_equal(opt.state_dict(), before)
+    for p, b in zip(params, pbefore):
+        np.testing.assert_array_equal(p, b)
+
+
+def _fresh_reference(spec, params, grads_seq):
+    """What a new optimizer over copies of ``params`` does with grads_seq."""
+    copies = [p.copy() for p in params]
+    ref = spec.cls(copies, **spec.heavy)
+    for grads in grads_seq:
+        ref.step(grads)
+    return copies
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+@pytest.mark.parametrize("arena", [False, True], ids=["arrays", "arena"])
+def test_replaced_parameter_is_followed(spec, arena):
+    """As torch.optim: an array put in place of another in param_groups is
+    stepped from then on, with fresh state counting its steps from 1; the
+    others keep theirs."""
+    rng = make_rng("replace", spec.name, str(arena))
+    shapes = [(5,), (3, 2), (4,)]
+    if arena:
+        flat = rng.standard_normal(15).astype(np.float32)
+        params = [flat[:5], flat[5:11].reshape(3, 2), flat[11:]]
+    else:
+        params = _arrays(rng, shapes)
+    opt = spec.cls(params, **spec.heavy)
+    seq = [_arrays(rng, shapes) for _ in range(5)]
+    keep = [p.copy() for p in params]
+    for g in seq[:2]:
+        opt.step(g)
+    old = params[1]
+    new = rng.standard_normal((3, 2)).astype(np.float32)
+    start = new.copy()
+    opt.param_groups[0]["params"][1] = new
+    old_after = old.copy()
+    for g in seq[2:]:
+        opt.step(g)
+    np.testing.assert_array_equal(old, old_after)  # no longer stepped
+    np.testing.assert_allclose(new, _fresh_reference(spec, [start], [[g[1]] for g in seq[2:]])[0],
+                               rtol=1e-6, atol=1e-7)
+    others = _fresh_reference(spec, [keep[0], keep[2]], [[g[0], g[2]] for g in seq])
+    np.testing.assert_allclose(params[0], others[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(params[2], others[1], rtol=1e-6, atol=1e-7)
+    state = opt.state_dict()["state"]
+    assert state[1]["step"] == 3.0 and state[0]["step"] == 5.0
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_replaced_list_and_appended_parameter_are_followed(spec):
+    rng = make_rng("replace-list", spec.name)
+    params = _arrays(rng)
+    opt = spec.cls(params, **spec.heavy)
+    opt.step(_arrays(rng))
+    fresh = _arrays(rng)
+    starts = [p.copy() for p in fresh]
+    opt.param_groups[0]["params"] = fresh  # the whole list
+    g = _arrays(rng)
+    opt.step(g)
+    np.testing.assert_allclose(fresh[0], _fresh_reference(spec, [starts[0]], [[g[0]]])[0],
+                               rtol=1e-6, atol=1e-7)
+    extra = rng.standard_normal(6).astype(np.float32)
+    start = extra.copy()
+    opt.param_groups[0]["params"].append(extra)
+    g = _arrays(rng) + [rng.standard_normal(6).astype(np.float32)]
+    opt.step(g)
+    np.testing.assert_allclose(extra, _fresh_reference(spec, [start], [[g[3]]])[0],
+                               rtol=1e-6, atol=1e-7)
+    assert len(opt.state_dict()["state"]) == 4
+    with pytest.raises(ValueError, match="expected 4 arrays"):
+        opt.step(_arrays(rng))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_bad_replacement_raises_and_changes_nothing(spec):
+    rng = make_rng("replace-bad", spec.name)
+    params = _arrays(rng)
+    opt = spec.cls(params, **spec.heavy)
+    opt.step(_arrays(rng))
+    before, pbefore = opt.state_dict(), [p.copy() for p in params]
+    cases = [(np.zeros((3, 2), np.int32), TypeError, "float32 or float64"),
+             (np.zeros((3, 2), np.float32)[:, :1], ValueError, "C-contiguous"),
+             (params[0], ValueError, "more than one place"),
+             ([1.0, 2.0], TypeError, "numpy.ndarray"),
+             (np.zeros((7,), np.float32), ValueError, r"grads\[1\]")]  # shape of its gradient
+    for bad, exc, match in cases:
+        opt.param_groups[0]["params"][1] = bad
+        with pytest.raises(exc, match=match):
+            opt.step(_arrays(rng))
+        opt.param_groups[0]["params"][1] = params[1]
+        assert_state_dict_equal(opt.state_dict(), before)
+        for p, b in zip(params, pbefore):
+            np.testing.assert_array_equal(p, b)
+
+
+def _stepped(spec, groups=1):
+    rng = make_rng("load", spec.name)
+    params = _arrays(rng)
+    opt = spec.cls(params if groups == 1 else [{"params": params[:1]}, {"params": params[1:]}],
+                   **spec.heavy)
+    for _ in range(2):
+        opt.step(_arrays(rng))
+    return opt, params
+
+
+def _expect_bad_load(opt, params, sd, match):
+    before, pbefore = opt.state_dict(), [p.copy() for p in params]
+    with pytest.raises(ValueError, match=match):
+        opt.load_state_dict(sd)
+    assert_state_dict_equal(opt.state_dict(), before)
+    for p, b in zip(params, pbefore):
+        np.testing.assert_array_equal(p, b)
+
+
+def _a_buffer(sd, i=0):
+    return next(k for k in sd["state"][i] if k != "step")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_load_state_dict_refuses_bad_buffers(spec):
+    opt, params = _stepped(spec)
+    for bad in [np.array([None] * 5, dtype=object), np.array(["a"] * 5), np.ones(5, bool),
+                np.ones(5, np.int64), "12345", None]:
+        sd = opt.state_dict()
+        sd["state"][0][_a_buffer(sd)] = bad
+        _expect_bad_load(opt, params, sd, r"state\[0\]")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+@pytest.mark.parametrize("step", [float("inf"), float("nan"), True, 2**70, 2.0**63, 1.5, -1, "3",
+                                  None, np.array([1.0, 2.0])], ids=repr)
+def test_load_state_dict_refuses_bad_steps(spec, step):
+    opt, params = _stepped(spec)
+    sd = opt.state_dict()
+    sd["state"][1]["step"] = step
+    _expect_bad_load(opt, params, sd, r"state\[1\]\['step'\]")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_load_state_dict_refuses_bad_indices(spec):
+    opt, params = _stepped(spec)
+    sd = opt.state_dict()
+    sd["param_groups"][0]["params"] = [0, 0, 2]
+    _expect_bad_load(opt, params, sd, "more than once")
+    for bad in ([0, 1, 3], [0, 1, True], [0, 1, 2.0], [0, 1, -1], [0, 1, "2"]):
+        sd = opt.state_dict()
+        sd["param_groups"][0]["params"] = bad
+        _expect_bad_load(opt, params, sd, r"param_groups\[0\]\['params'\]\[2\]")
+    sd = opt.state_dict()
+    sd["state"][7] = sd["state"][0]
+    _expect_bad_load(opt, params, sd, "state key 7")
+    sd = opt.state_dict()
+    sd["state"]["0"] = sd["state"][0]
+    _expect_bad_load(opt, params, sd, "twice")
+    sd = opt.state_dict()
+    sd["state"] = [sd["state"][0]]
+    _expect_bad_load(opt, params, sd, r"state_dict\['state'\]")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_load_state_dict_refuses_bad_hyperparameter_types(spec):
+    opt, params = _stepped(spec, groups=2)
+    for key, value in [("lr", "0.1"), ("lr", None), ("maximize", "yes"), ("lr", float("nan"))]:
+        sd = opt.state_dict()
+        sd["param_groups"][1][key] = value
+        _expect_bad_load(opt, params, sd, rf"param_groups\[1\].*{key}")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_load_state_dict_after_a_json_round_trip(spec):
+    """JSON turns the state keys into strings and the arrays into lists:
+    they load as the indices and arrays they were (not silently dropped)."""
+    opt, params = _stepped(spec)
+    sd = opt.state_dict()
+    text = json.dumps({"state": {k: {n: (v.tolist() if isinstance(v, np.ndarray) else v)
+                                     for n, v in e.items()} for k, e in sd["state"].items()},
+                       "param_groups": sd["param_groups"]})
+    other, _ = _stepped(spec)
+    other.load_state_dict(json.loads(text))
+    assert_state_dict_equal(other.state_dict()["state"], sd["state"])  # (betas: a list now)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_concurrent_steps_serialize(spec):
+    """4 threads x 30 steps on one optimizer: 120 steps, the same result as
+    120 steps in a row (the gradients are the same each step)."""
+    rng = make_rng("threads", spec.name)
+    params = _arrays(rng, ((2000,), (500,)))
+    grads = _arrays(rng, ((2000,), (500,)))
+    twin = [p.copy() for p in params]
+    opt = spec.cls(params, **spec.heavy)
+    ref = spec.cls(twin, **spec.heavy)
+    for _ in range(120):
+        ref.step(grads)
+    barrier = threading.Barrier(4)
+
+    def work():
+        barrier.wait()
+        for _ in range(30):
+            opt.step(grads)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if spec.name != "sgd" or spec.heavy.get("momentum"):
+        assert all(e["step"] == 120.0 for e in opt.state_dict()["state"].values())
+    for p, q in zip(params, twin):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("arena", [False, True], ids=["arrays", "arena"])
+def test_copies_step_like_the_original(spec, how, arena):
+    rng = make_rng("copy", spec.name, how, str(arena))
+    if arena:
+        flat = rng.standard_normal(11).astype(np.float32)
+        params = [flat[:5], flat[5:]]
+    else:
+        params = _arrays(rng, ((5,), (6,)))
+    opt = spec.cls(params, **spec.heavy)
+    opt.step(_arrays(rng, ((5,), (6,))))
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    g = _arrays(rng, ((5,), (6,)))
+    opt.step(g)
+    twin.step(g)
+    for p, q in zip(opt.params, twin.params):
+        assert p is not q
+        np.testing.assert_array_equal(p, q)
+    assert_state_dict_equal(twin.state_dict(), opt.state_dict())
+
+
+def test_edited_hyperparameter_is_checked_again():
+    params = [np.zeros(3, np.float32)]
+    opt = optim.Adam(params)
+    opt.step([np.ones(3, np.float32)])
+    opt.param_groups[0]["betas"] = (1.5, 0.999)
+    with pytest.raises(ValueError, match=r"betas\[0\]"):
+        opt.step([np.ones(3, np.float32)])
+    opt.param_groups[0]["betas"] = [0.9, 0.999]  # a list, edited in place afterwards
+    opt.step([np.ones(3, np.float32)])
+    opt.param_groups[0]["betas"][0] = 1.5
+    with pytest.raises(ValueError, match=r"betas\[0\]"):
+        opt.step([np.ones(3, np.float32)])
+    assert _validate.grad_scale(1.0) == 1.0

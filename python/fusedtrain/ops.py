@@ -1,5 +1,14 @@
 """Functional, in-place kernels.
 
+Layout, top-down: ``cli -> train -> nn / optim / torch -> ops -> backend ->
+_core / _cuda``. This module is the layer every optimizer step goes
+through: the public functions below, the optimizer objects
+(:mod:`fusedtrain.optim`) and the torch adapter (:mod:`fusedtrain.torch`)
+all end in :func:`fused_step`, which holds each kernel's argument list and
+asks :func:`fusedtrain.backend.module_for` which module runs it. The loss,
+dense and clipping functions (``_ops_loss``, ``_ops_dense``, ``_ops_clip``)
+are re-exported here and dispatch the same way.
+
 Every optimizer function updates ``params`` and its state buffers in place, in
 one fused pass over memory, for one array or a whole list of arrays in one
 call. Arguments are an array or a list (tuple) of arrays; all arrays of one
@@ -45,15 +54,73 @@ Keyword arguments every optimizer takes (loss scaling, mixed precision):
 
 from __future__ import annotations
 
-import numbers
-import types
-
-import numpy as np
-
 from . import _validate as V
-from .backend import module_for
+from .backend import CudaModule, computes_in_double, module_for
 
 __all__ = ["sgd_", "adam_", "adamw_", "rmsprop_", "adagrad_"]
+
+
+# ---------------------------------------------------------------------------
+# the one route to the optimizer kernels: the public functions below, the
+# optimizer objects (fusedtrain.optim) and the torch adapter
+# (fusedtrain.torch) all call fused_step
+# ---------------------------------------------------------------------------
+# Each kernel's positional arguments, listed here and nowhere else: from the
+# parameter, gradient and state lists (a dict keyed by torch's state names),
+# the step count and the validated hyperparameters (fusedtrain._validate's
+# dicts; "decoupled" added for adam). dry_run is the last positional argument
+# of every binding (backend.CudaModule appends the stream after it).
+def _sgd(module, params, grads, state, step, h, dry_run, extra):
+    module.sgd_(params, grads, state.get("momentum_buffer"), step, h["lr"], h["momentum"],
+                h["dampening"], h["weight_decay"], h["l1"], h["nesterov"], h["maximize"],
+                dry_run, **extra)
+
+
+def _adam(module, params, grads, state, step, h, dry_run, extra):
+    module.adam_(params, grads, state["exp_avg"], state["exp_avg_sq"],
+                 state.get("max_exp_avg_sq"), step, h["lr"], h["beta1"], h["beta2"], h["eps"],
+                 h["weight_decay"], h["l1"], h["amsgrad"], h["decoupled"], h["maximize"],
+                 dry_run, **extra)
+
+
+def _rmsprop(module, params, grads, state, step, h, dry_run, extra):
+    module.rmsprop_(params, grads, state["square_avg"], state.get("grad_avg"),
+                    state.get("momentum_buffer"), h["lr"], h["alpha"], h["eps"],
+                    h["weight_decay"], h["momentum"], h["l1"], h["centered"], h["maximize"],
+                    dry_run, **extra)
+
+
+def _adagrad(module, params, grads, state, step, h, dry_run, extra):
+    module.adagrad_(params, grads, state["sum"], step, h["lr"], h["lr_decay"],
+                    h["weight_decay"], h["eps"], h["l1"], h["maximize"], dry_run, **extra)
+
+
+_KERNELS = {"sgd": _sgd, "adam": _adam, "rmsprop": _rmsprop, "adagrad": _adagrad}
+_NONE: dict = {}
+
+
+def fused_step(kernel: str, params: list, grads: list, state: dict, step: int, h: dict,
+               extra: dict = _NONE, *, dry_run: bool = False) -> None:
+    """One fused optimizer step over lists of arrays: the layer under the
+    public functions of this module, the optimizer objects and the torch
+    adapter.
+
+    ``kernel`` is ``"sgd"``, ``"adam"`` (``h["decoupled"]``: AdamW),
+    ``"rmsprop"`` or ``"adagrad"``; ``params`` and ``grads`` are non-empty
+    lists; ``state`` maps torch's state names (``exp_avg``, ``sum``, ...) to
+    lists (absent or None: not used by this variant); ``h`` holds the
+    hyperparameters already validated (:mod:`fusedtrain._validate`'s
+    checkers: plain Python numbers). ``extra``: the kernels' keyword
+    arguments in their checked form (``grad_scale`` a float, ``found_inf`` a
+    bool or a GPU array, ``master_params`` a list, ``stochastic_rounding``,
+    ``seed``, ``rng_offset``); ``grad_scale`` is checked here against the
+    compute type of the params (its reciprocal must be finite and nonzero
+    there). ``dry_run=True`` checks every argument and writes nothing.
+    """
+    first = params[0]
+    if "grad_scale" in extra:
+        V.grad_scale(extra["grad_scale"], computes_in_double(first))
+    _KERNELS[kernel](module_for(first), params, grads, state, step, h, dry_run, extra)
 
 
 def _list(x):
@@ -74,40 +141,26 @@ def _required(name: str, value, why: str):
     return _list(value)
 
 
-def _found_inf(module, value) -> object:
-    """found_inf as the kernel takes it: a bool on the CPU (read here once),
-    the GPU array itself on the GPU (read inside the kernel)."""
-    gpu = not isinstance(module, types.ModuleType)  # _core is a module; the GPU adapter is not
-    if value is None:
-        return None if gpu else False
-    if gpu:
-        if hasattr(value, "__cuda_array_interface__"):
-            return value
-        raise TypeError("found_inf: expected a 1-element float32 GPU array (read inside the "
-                        f"kernel), received {type(value).__name__}")
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, numbers.Real):
-        return value != 0
-    if isinstance(value, np.ndarray):
-        if value.dtype != np.float32 or value.size != 1:
-            raise TypeError("found_inf: expected a bool, a number or a 1-element float32 array, "
-                            f"received a {value.dtype} array of shape {value.shape}")
-        return bool(value.reshape(-1)[0] != 0)
-    raise TypeError("found_inf: expected a bool, a number or a 1-element float32 array, "
-                    f"received {type(value).__name__}")
-
-
-def _extras(module, step, grad_scale, found_inf, master_params, stochastic_rounding, seed,
+def _extras(params, step, grad_scale, found_inf, master_params, stochastic_rounding, seed,
             rng_offset) -> dict:
-    """The keyword arguments of the loss-scaling and mixed-precision options."""
+    """The keyword arguments of the loss-scaling and mixed-precision options,
+    in the kernels' form."""
+    if type(grad_scale) in (float, int) and grad_scale == 1.0 and found_inf is None \
+            and master_params is None and stochastic_rounding is False:
+        return {}  # the common call
     out = {}
     scale = V.grad_scale(grad_scale)
     if scale != 1.0:
         out["grad_scale"] = scale
-    flag = _found_inf(module, found_inf)
-    if flag is not None and flag is not False:
-        out["found_inf"] = flag
+    if found_inf is not None:
+        if isinstance(module_for(_first(params)), CudaModule):
+            # read inside the kernel: no synchronisation
+            if not hasattr(found_inf, "__cuda_array_interface__"):
+                raise TypeError("found_inf: expected a 1-element float32 GPU array (read inside "
+                                f"the kernel), received {type(found_inf).__name__}")
+            out["found_inf"] = found_inf
+        elif V.found_inf(found_inf):  # read here, once
+            out["found_inf"] = True
     if master_params is not None:
         out["master_params"] = _list(master_params)
     if stochastic_rounding is not False:
@@ -140,24 +193,24 @@ def sgd_(params, grads, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, da
     h = V.sgd(lr, momentum, dampening, nesterov, weight_decay, l1, maximize)
     step = V.step(step)
     bufs = _required("momentum_buffer", momentum_buffer, "momentum != 0") if h["momentum"] != 0 else None
-    module = module_for(_first(params))
-    module.sgd_(
-        _list(params), _list(grads), bufs, step, h["lr"], h["momentum"], h["dampening"],
-        h["weight_decay"], h["l1"], h["nesterov"], h["maximize"], False,
-        **_extras(module, step, grad_scale, found_inf, master_params, stochastic_rounding, seed,
-                  rng_offset))
+    _first(params)
+    fused_step("sgd", _list(params), _list(grads), {"momentum_buffer": bufs}, step, h,
+               _extras(params, step, grad_scale, found_inf, master_params, stochastic_rounding,
+                       seed, rng_offset))
 
 
-def _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
-          weight_decay, amsgrad, maximize, l1, decoupled, extras):
+def _adam_or_adamw(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
+                   weight_decay, amsgrad, maximize, l1, decoupled, grad_scale, found_inf,
+                   master_params, stochastic_rounding, seed, rng_offset):
     h = V.adam(lr, betas, eps, weight_decay, l1, amsgrad, maximize)
+    h["decoupled"] = decoupled
     step = V.step(step)
     vmax = _required("max_exp_avg_sq", max_exp_avg_sq, "amsgrad=True") if h["amsgrad"] else None
-    module = module_for(_first(params))
-    module.adam_(
-        _list(params), _list(grads), _list(exp_avg), _list(exp_avg_sq), vmax, step, h["lr"],
-        h["beta1"], h["beta2"], h["eps"], h["weight_decay"], h["l1"], h["amsgrad"], decoupled,
-        h["maximize"], False, **_extras(module, step, **extras))
+    _first(params)
+    fused_step("adam", _list(params), _list(grads),
+               {"exp_avg": _list(exp_avg), "exp_avg_sq": _list(exp_avg_sq), "max_exp_avg_sq": vmax},
+               step, h, _extras(params, step, grad_scale, found_inf, master_params,
+                                stochastic_rounding, seed, rng_offset))
 
 
 def adam_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -179,10 +232,9 @@ def adam_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1
     divided by ``grad_scale``; the loss-scaling and mixed-precision keywords
     are described in the module docstring.
     """
-    _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
-          weight_decay, amsgrad, maximize, l1, False,
-          dict(grad_scale=grad_scale, found_inf=found_inf, master_params=master_params,
-               stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset))
+    _adam_or_adamw(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
+                   weight_decay, amsgrad, maximize, l1, False, grad_scale, found_inf,
+                   master_params, stochastic_rounding, seed, rng_offset)
 
 
 def adamw_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
@@ -195,10 +247,9 @@ def adamw_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=
     of entering the gradient: ``p = p * (1 - lr * weight_decay)`` before the
     Adam update. Defaults as torch.optim.AdamW: weight_decay=1e-2.
     """
-    _adam(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
-          weight_decay, amsgrad, maximize, l1, True,
-          dict(grad_scale=grad_scale, found_inf=found_inf, master_params=master_params,
-               stochastic_rounding=stochastic_rounding, seed=seed, rng_offset=rng_offset))
+    _adam_or_adamw(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, betas, eps,
+                   weight_decay, amsgrad, maximize, l1, True, grad_scale, found_inf,
+                   master_params, stochastic_rounding, seed, rng_offset)
 
 
 def rmsprop_(params, grads, square_avg, grad_avg=None, momentum_buffer=None, *, lr=1e-2,
@@ -222,12 +273,11 @@ def rmsprop_(params, grads, square_avg, grad_avg=None, momentum_buffer=None, *, 
     h = V.rmsprop(lr, alpha, eps, weight_decay, momentum, centered, l1, maximize)
     ga = _required("grad_avg", grad_avg, "centered=True") if h["centered"] else None
     bufs = _required("momentum_buffer", momentum_buffer, "momentum > 0") if h["momentum"] > 0 else None
-    module = module_for(_first(params))
-    module.rmsprop_(
-        _list(params), _list(grads), _list(square_avg), ga, bufs, h["lr"], h["alpha"], h["eps"],
-        h["weight_decay"], h["momentum"], h["l1"], h["centered"], h["maximize"], False,
-        **_extras(module, 0, grad_scale, found_inf, master_params, stochastic_rounding, seed,
-                  rng_offset))
+    _first(params)
+    fused_step("rmsprop", _list(params), _list(grads),
+               {"square_avg": _list(square_avg), "grad_avg": ga, "momentum_buffer": bufs}, 0, h,
+               _extras(params, 0, grad_scale, found_inf, master_params, stochastic_rounding,
+                       seed, rng_offset))
 
 
 def adagrad_(params, grads, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
@@ -246,12 +296,10 @@ def adagrad_(params, grads, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_de
     """
     h = V.adagrad(lr, lr_decay, weight_decay, eps, l1, maximize)
     step = V.step(step)
-    module = module_for(_first(params))
-    module.adagrad_(
-        _list(params), _list(grads), _list(state_sum), step, h["lr"], h["lr_decay"],
-        h["weight_decay"], h["eps"], h["l1"], h["maximize"], False,
-        **_extras(module, step, grad_scale, found_inf, master_params, stochastic_rounding, seed,
-                  rng_offset))
+    _first(params)
+    fused_step("adagrad", _list(params), _list(grads), {"sum": _list(state_sum)}, step, h,
+               _extras(params, step, grad_scale, found_inf, master_params, stochastic_rounding,
+                       seed, rng_offset))
 
 from ._ops_dense import dense_backward, dense_forward  # noqa: E402
 

@@ -17,7 +17,9 @@ rounding.
 
 How a step runs: the parameters of each group that have a gradient are
 gathered, per device, dtype and step count (one bucket in the usual case),
-into one fused call of ``fusedtrain.ops.<opt>_`` over the whole list. CPU
+into one call of :func:`fusedtrain.ops.fused_step` (the route of
+``fusedtrain.ops.<opt>_`` and of the :mod:`fusedtrain.optim` objects) over
+the whole list. CPU
 tensors are passed as NumPy views (``tensor.numpy()``: zero copies, the
 parameter's memory is updated in place); CUDA tensors are passed as they
 are, through ``__cuda_array_interface__``, on torch's current stream (no
@@ -36,7 +38,10 @@ raises ValueError (the kernels run outside autograd). The in-place update
 does not bump the parameters' autograd version counters: step between
 backward and the next forward, as usual.
 
-torch is an optional dependency: importing this module imports torch.
+Layout: ``fusedtrain.torch -> ops -> backend -> _core / _cuda`` (beside
+:mod:`fusedtrain.optim`, whose hooks ``_hyper``, ``_state_names`` and
+``_initial_value`` the base class here shares). torch is an optional
+dependency: importing this module imports torch.
 """
 
 from __future__ import annotations
@@ -118,9 +123,13 @@ class _Entry:
 
 
 class _FusedOptimizer(_torch.optim.Optimizer):
-    """Shared machinery: the subclasses name their state buffers and make
-    one fusedtrain.ops call per bucket."""
+    """Shared machinery: the subclasses name their kernel and their state
+    buffers; each bucket is one :func:`fusedtrain.ops.fused_step` call. The
+    hooks are those of :class:`fusedtrain.optim.Optimizer`, with the same
+    names and meanings: ``_hyper``, ``_state_names``, ``_initial_value``."""
 
+    #: the kernel of fusedtrain.ops.fused_step, set by each subclass
+    _kernel = ""
     #: the state has a ``step`` counter (all but SGD)
     _counts_steps = True
 
@@ -135,7 +144,9 @@ class _FusedOptimizer(_torch.optim.Optimizer):
 
     # ------------------------------------------------------ subclass hooks
     def _hyper(self, group: dict) -> dict:
-        """The group's hyperparameters as validated Python numbers."""
+        """The group's hyperparameters, validated, as plain Python numbers
+        under the names fusedtrain.ops.fused_step reads; raises
+        ValueError/TypeError naming the bad one."""
         raise NotImplementedError
 
     def _state_names(self, h: dict) -> tuple:
@@ -144,10 +155,6 @@ class _FusedOptimizer(_torch.optim.Optimizer):
 
     def _initial_value(self, name: str, h: dict) -> float:
         return 0.0
-
-    def _call(self, h: dict, params, grads, buffers: dict, step: int) -> None:
-        """One fusedtrain.ops call over a bucket."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------- helpers
     def _new_state(self, p, h: dict) -> dict:
@@ -292,7 +299,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
         # every tensor checked: run, then commit new states and step counts
         for h, names, buckets in plans:
             for step, params, grads, bufs, done in buckets:
-                self._call(h, params, grads, dict(zip(names, bufs)), step)
+                _ops.fused_step(self._kernel, params, grads, dict(zip(names, bufs)), step, h)
                 for e in done:
                     self._commit(e)
         return loss
@@ -327,6 +334,7 @@ class SGD(_FusedOptimizer):
     nesterov=False, maximize=False. State: ``momentum_buffer`` (momentum != 0).
     """
 
+    _kernel = "sgd"
     _counts_steps = False
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -353,10 +361,6 @@ class SGD(_FusedOptimizer):
         # torch sets the buffer to d on its first use: ops.sgd_'s step 1, then 2
         return 1 if not state or state.get("momentum_buffer") is None else 2
 
-    def _call(self, h, params, grads, buffers, step):
-        _ops.sgd_(params, grads, buffers.get("momentum_buffer"), step=step, lr=h["lr"],
-                  momentum=h["momentum"], dampening=h["dampening"], nesterov=h["nesterov"],
-                  weight_decay=h["weight_decay"], maximize=h["maximize"])
 
 
 class Adam(_FusedOptimizer):
@@ -372,6 +376,8 @@ class Adam(_FusedOptimizer):
     amsgrad=False, maximize=False, decoupled_weight_decay=False. State:
     ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
     """
+
+    _kernel = "adam"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, *, foreach=None, maximize=False, capturable=False,
@@ -391,12 +397,6 @@ class Adam(_FusedOptimizer):
 
     _state_names = staticmethod(_optim.Adam._state_names)
 
-    def _call(self, h, params, grads, buffers, step):
-        fn = _ops.adamw_ if h["decoupled"] else _ops.adam_
-        fn(params, grads, buffers["exp_avg"], buffers["exp_avg_sq"],
-           buffers.get("max_exp_avg_sq"), step=step, lr=h["lr"],
-           betas=(h["beta1"], h["beta2"]), eps=h["eps"], weight_decay=h["weight_decay"],
-           amsgrad=h["amsgrad"], maximize=h["maximize"])
 
 
 class AdamW(Adam):
@@ -426,6 +426,8 @@ class RMSprop(_FusedOptimizer):
     ``momentum_buffer`` (momentum > 0), ``grad_avg`` (centered).
     """
 
+    _kernel = "rmsprop"
+
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, capturable=False, foreach=None, maximize=False,
                  differentiable=False):
@@ -442,11 +444,6 @@ class RMSprop(_FusedOptimizer):
 
     _state_names = staticmethod(_optim.RMSProp._state_names)
 
-    def _call(self, h, params, grads, buffers, step):
-        _ops.rmsprop_(params, grads, buffers["square_avg"], buffers.get("grad_avg"),
-                      buffers.get("momentum_buffer"), lr=h["lr"], alpha=h["alpha"],
-                      eps=h["eps"], weight_decay=h["weight_decay"], momentum=h["momentum"],
-                      centered=h["centered"], maximize=h["maximize"])
 
 
 class Adagrad(_FusedOptimizer):
@@ -458,6 +455,8 @@ class Adagrad(_FusedOptimizer):
     initial_accumulator_value=0, eps=1e-10, maximize=False. State (created
     at construction, as torch does): ``step``, ``sum``.
     """
+
+    _kernel = "adagrad"
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, foreach=None, *, maximize=False,
@@ -485,10 +484,6 @@ class Adagrad(_FusedOptimizer):
     def _initial_value(self, name, h):
         return h["initial_accumulator_value"]
 
-    def _call(self, h, params, grads, buffers, step):
-        _ops.adagrad_(params, grads, buffers["sum"], step=step, lr=h["lr"],
-                      lr_decay=h["lr_decay"], weight_decay=h["weight_decay"], eps=h["eps"],
-                      maximize=h["maximize"])
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from .. import _validate as V
-from ..backend import module_for
 from .base import Optimizer
 
 
@@ -17,20 +16,18 @@ class Adagrad(Optimizer):
     defaults_ = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
                      eps=1e-10, maximize=False, l1=0.0)
 
-    def _check(self, h):
-        V.adagrad(h["lr"], h["lr_decay"], h["weight_decay"], h["eps"], h["l1"], h["maximize"])
-        V.at_least("initial_accumulator_value", h["initial_accumulator_value"])
+    _kernel = "adagrad"
+
+    def _hyper(self, group):
+        h = V.adagrad(group["lr"], group["lr_decay"], group["weight_decay"], group["eps"],
+                      group["l1"], group["maximize"])
+        h["initial_accumulator_value"] = V.at_least("initial_accumulator_value",
+                                                    group["initial_accumulator_value"])
+        return h
 
     @staticmethod
-    def _state_names(group):  # also fusedtrain.torch's
+    def _state_names(h):  # also fusedtrain.torch's
         return ("sum",)
 
-    def _initial_value(self, name, group):
-        return group["initial_accumulator_value"]
-
-    def _step_group(self, group, params, grads, buffers, step, dry_run=False, **extra):
-        h = group
-        module_for(params[0]).adagrad_(
-            params, grads, buffers["sum"], step, float(h["lr"]), float(h["lr_decay"]),
-            float(h["weight_decay"]), float(h["eps"]), float(h["l1"]), bool(h["maximize"]), dry_run,
-            **extra)
+    def _initial_value(self, name, h):
+        return h["initial_accumulator_value"]

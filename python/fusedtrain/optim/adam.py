@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from .. import _validate as V
-from ..backend import module_for
 from .base import Optimizer
 
 
@@ -16,24 +15,19 @@ class Adam(Optimizer):
 
     defaults_ = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                      maximize=False, l1=0.0)
+    _kernel = "adam"
     _decoupled = False
 
-    def _check(self, h):
-        V.adam(h["lr"], h["betas"], h["eps"], h["weight_decay"], h["l1"], h["amsgrad"], h["maximize"])
+    def _hyper(self, group):
+        h = V.adam(group["lr"], group["betas"], group["eps"], group["weight_decay"], group["l1"],
+                   group["amsgrad"], group["maximize"])
+        h["decoupled"] = self._decoupled
+        return h
 
     @staticmethod
-    def _state_names(group):  # also fusedtrain.torch's
+    def _state_names(h):  # also fusedtrain.torch's
         base = ("exp_avg", "exp_avg_sq")
-        return base + ("max_exp_avg_sq",) if group["amsgrad"] else base
-
-    def _step_group(self, group, params, grads, buffers, step, dry_run=False, **extra):
-        h = group
-        b1, b2 = h["betas"]
-        module_for(params[0]).adam_(
-            params, grads, buffers["exp_avg"], buffers["exp_avg_sq"], buffers.get("max_exp_avg_sq"),
-            step, float(h["lr"]), float(b1), float(b2), float(h["eps"]), float(h["weight_decay"]),
-            float(h["l1"]), bool(h["amsgrad"]), self._decoupled, bool(h["maximize"]), dry_run,
-            **extra)
+        return base + ("max_exp_avg_sq",) if h["amsgrad"] else base
 
 
 class AdamW(Adam):
