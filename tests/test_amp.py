@@ -159,3 +159,85 @@ def test_found_nonfinite_bad_input():
         ft.amp.found_nonfinite([np.zeros(3, np.float32), np.zeros(3, np.float64)])
     with pytest.raises(TypeError, match=r"arrays\[0\]"):
         ft.amp.found_nonfinite([np.zeros(3, np.int32)])
+
+
+# ---------------------------------------------------------------------------
+# the scale's floor, and load_state_dict's checks
+# ---------------------------------------------------------------------------
+def test_backoff_stops_at_min_scale():
+    """~150 overflows in a row would take 2^16 below float32's reciprocal
+    range (and ~1100 to 0.0): the scale stops at min_scale, and the steps
+    keep being skipped."""
+    s = DynamicLossScaler()
+    for _ in range(1200):
+        s.update(True)
+    assert s.scale == s.min_scale == 2.0**-24
+    assert s.skipped_steps == 1200
+    s = DynamicLossScaler(min_scale=1.0)
+    for _ in range(40):
+        s.update(True)
+    assert s.scale == 1.0
+
+
+def test_scaler_at_its_floor_keeps_skipping_and_params_stay_finite():
+    from fusedtrain import optim
+
+    p = np.ones(4, np.float32)
+    opt = optim.SGD([p], lr=0.1)
+    s = DynamicLossScaler(init_scale=1.0, min_scale=2.0**-24)
+    bad = [np.full(4, np.inf, np.float32)]
+    for _ in range(60):
+        assert s.step(opt, bad) is False
+    assert s.scale == 2.0**-24
+    np.testing.assert_array_equal(p, np.ones(4, np.float32))
+    assert s.step(opt, [np.full(4, 2.0**-24, np.float32)]) is True  # unscaled: gradient 1
+    np.testing.assert_allclose(p, np.full(4, 0.9, np.float32))
+
+
+@pytest.mark.parametrize("kw", [dict(min_scale=0.0), dict(min_scale=-1.0), dict(min_scale=1e-40),
+                                dict(min_scale=float("inf")), dict(min_scale=float("nan")),
+                                dict(init_scale=0.5, min_scale=1.0)])
+def test_bad_min_scale(kw):
+    with pytest.raises(ValueError, match="min_scale|init_scale"):
+        DynamicLossScaler(**kw)
+
+
+def test_state_dict_carries_min_scale():
+    s = DynamicLossScaler(min_scale=0.25)
+    t = DynamicLossScaler()
+    t.load_state_dict(s.state_dict())
+    assert t.min_scale == 0.25 and t.state_dict() == s.state_dict()
+
+
+def _good_state():
+    return DynamicLossScaler(init_scale=8.0, growth_interval=10).state_dict()
+
+
+@pytest.mark.parametrize("key,value", [
+    ("scale", float("inf")), ("scale", 0.0), ("scale", -2.0), ("scale", float("nan")),
+    ("scale", "8"), ("scale", None), ("scale", 2.0**-30),
+    ("growth_factor", 0.5), ("growth_factor", float("inf")), ("growth_factor", "2"),
+    ("backoff_factor", 0.0), ("backoff_factor", 1.5), ("backoff_factor", None),
+    ("growth_interval", 0), ("growth_interval", 2.5), ("growth_interval", True),
+    ("good_steps", -1), ("good_steps", 1.5), ("good_steps", True), ("good_steps", 10),
+    ("good_steps", "3"), ("skipped_steps", -1), ("skipped_steps", 2.0), ("skipped_steps", None),
+    ("min_scale", 0.0), ("min_scale", float("nan")), ("min_scale", "1"), ("min_scale", 16.0),
+])
+def test_load_state_dict_validates_every_entry(key, value):
+    s = DynamicLossScaler(init_scale=4.0, growth_interval=5)
+    s.update(False)
+    before = s.state_dict()
+    state = _good_state()
+    state[key] = value
+    with pytest.raises(ValueError, match=key if key not in ("scale",) else "scale"):
+        s.load_state_dict(state)
+    assert s.state_dict() == before
+
+
+@pytest.mark.parametrize("state", [None, [], {"scale": 1.0}, {**_good_state(), "extra": 1}])
+def test_load_state_dict_refuses_other_layouts(state):
+    s = DynamicLossScaler()
+    before = s.state_dict()
+    with pytest.raises(ValueError, match="state"):
+        s.load_state_dict(state)
+    assert s.state_dict() == before
