@@ -110,3 +110,67 @@ def test_from_logits_must_be_a_bool():
         CrossEntropy(from_logits="no")
     with pytest.raises(TypeError, match="from_logits"):
         BinaryCrossEntropy(from_logits=0)
+
+
+# ---------------------------------------------------------------------------
+# Keras names and target layouts
+# ---------------------------------------------------------------------------
+def test_keras_loss_names():
+    assert type(losses.get("sparse_categorical_crossentropy")) is CrossEntropy
+    assert type(losses.get("categorical_crossentropy")) is CategoricalCrossEntropy
+    assert type(losses.get("binary_crossentropy")) is BinaryCrossEntropy
+    assert type(losses.get("mean_squared_error")) is MeanSquaredError
+    assert type(losses.get("mse")) is MeanSquaredError
+
+
+def test_categorical_crossentropy_takes_one_hot_and_trains_as_sparse():
+    x, y = _data()
+    onehot = np.eye(5)[y]
+    a, b = _mlp(), _mlp()
+    ha = a.fit(x, y, loss="sparse_categorical_crossentropy", epochs=2, batch_size=16,
+               progress=False)
+    hb = b.fit(x, onehot, loss="categorical_crossentropy", epochs=2, batch_size=16,
+               progress=False)
+    assert ha["loss"] == hb["loss"] and ha["accuracy"] == hb["accuracy"]
+    assert_array_equal(a.param_arena, b.param_arena)
+    assert b.evaluate(x, onehot, loss="categorical_crossentropy") == a.evaluate(x, y)
+
+
+def test_categorical_and_sparse_targets_are_told_apart():
+    x, y = _data()
+    model = _mlp()
+    with pytest.raises(ValueError, match="sparse_categorical_crossentropy"):
+        model.fit(x, y, loss="categorical_crossentropy", progress=False)
+    with pytest.raises(ValueError, match="categorical_crossentropy"):
+        model.fit(x, np.eye(5)[y], loss="sparse_categorical_crossentropy", progress=False)
+    soft = np.full((len(x), 5), 0.2)
+    with pytest.raises(ValueError, match="one-hot rows.*row 0"):
+        model.fit(x, soft, loss="categorical_crossentropy", progress=False)
+    assert model.train_state is None
+
+
+# ---------------------------------------------------------------------------
+# per-sample weights
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("loss,make", [
+    (CrossEntropy(), lambda rng: rng.integers(0, 4, 6)),
+    (CrossEntropy(from_logits=False), lambda rng: rng.integers(0, 4, 6)),
+    (BinaryCrossEntropy(), lambda rng: rng.random((6, 4))),
+    (MeanSquaredError(), lambda rng: rng.standard_normal((6, 4))),
+])
+def test_weighted_loss_is_kerass_sum_over_batch_size(loss, make):
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((6, 4))
+    if getattr(loss, "from_logits", True) is False:
+        z = _softmax(z)
+    t = make(rng)
+    w = rng.random(6) * 2
+    # each sample's own loss, then Keras's reduction sum(w_i l_i) / N
+    per = np.array([type(loss)(**({} if getattr(loss, "from_logits", True) else
+                                   {"from_logits": False}))(z[i:i + 1], t[i:i + 1])[0]
+                    for i in range(6)])
+    got, g = loss(z, t, w)
+    assert got == pytest.approx(np.sum(w * per) / 6, rel=1e-10)
+    assert_allclose(g, _num_grad(lambda q: loss(q, t, w)[0], z), rtol=1e-5, atol=1e-9)
+    same, _ = loss(z, t, np.ones(6))
+    assert same == pytest.approx(loss(z, t)[0], rel=1e-12)

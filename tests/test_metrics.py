@@ -290,7 +290,8 @@ def test_precision_recall_f1_average_check():
 # registry
 # ---------------------------------------------------------------------------
 def test_get():
-    assert metrics.NAMES == ("accuracy", "top_k_accuracy", "precision", "recall", "f1", "roc_auc", "mse", "mae")
+    assert metrics.NAMES == ("accuracy", "top_k_accuracy", "precision", "recall", "f1", "roc_auc", "mse", "mae",
+                             "acc")
     rng = rng_for("get")
     n, c = 300, 7
     y = rng.integers(0, c, n)
@@ -321,7 +322,9 @@ def test_get_errors_and_callables():
         return 0.0
 
     assert metrics.get(mine) is mine
-    with pytest.raises(ValueError, match=r"unknown metric 'acc'; expected one of \['accuracy', 'top_k_accuracy', "):
-        metrics.get("acc")
+    with pytest.raises(ValueError, match=r"unknown metric 'accu'; expected one of \['accuracy', 'top_k_accuracy', "):
+        metrics.get("accu")
+    acc = metrics.get("acc")  # Keras's short name: accuracy, logged as "acc"
+    assert acc.__name__ == "acc" and acc([0, 1, 1], [[1, 0], [0, 1], [1, 0]]) == 2 / 3
     with pytest.raises(TypeError, match="metric must be a name"):
         metrics.get(3)

@@ -288,3 +288,15 @@ def test_bad_step(schedule):
 def test_closed_form_state_must_be_empty():
     with pytest.raises(ValueError, match=r"unexpected \['lr'\]"):
         Constant(0.1).load_state_dict({"lr": 0.2})
+
+
+def test_function_schedule_wraps_a_plain_callable():
+    f = schedules.get(lambda step: 0.1 * 0.5 ** step, 0.0)
+    assert isinstance(f, schedules.Function) and f.lr(2) == 0.025 and f(3) == 0.0125
+    assert f.state_dict() == {}
+    with pytest.raises(ValueError, match="lr at step 1 must be finite"):
+        schedules.Function(lambda step: float("inf")).lr(1)
+    with pytest.raises(TypeError, match="returned NoneType"):
+        schedules.Function(lambda step: None).lr(0)
+    with pytest.raises(TypeError, match="f must be a callable"):
+        schedules.Function(3)

@@ -107,3 +107,107 @@ def test_fit_bad_data():
         model.fit(x, y + 3, progress=False)
     with pytest.raises(ValueError, match="features"):
         model.fit(x[:, :5], y, progress=False)
+
+
+# ---------------------------------------------------------------------------
+# Keras's arguments
+# ---------------------------------------------------------------------------
+def test_sequential_methods_spell_out_trains_signatures():
+    import inspect
+
+    from fusedtrain import train
+
+    for name in ("fit", "evaluate", "predict"):
+        mine = list(inspect.signature(getattr(Sequential, name)).parameters.values())[1:]
+        theirs = list(inspect.signature(getattr(train, name)).parameters.values())[1:]
+        assert [(p.name, p.default, p.kind) for p in mine] == \
+            [(p.name, p.default, p.kind) for p in theirs], name
+
+
+def test_zero_sample_weights_leave_samples_out():
+    x, y = _data()
+    half = len(x) // 2
+    w = np.r_[np.ones(half), np.zeros(len(x) - half)]
+    a, b = _mlp(), _mlp()
+    # sum(w_i l_i) / N: half the weight of a mean over the first half alone
+    a.fit(x, y, optimizer="sgd", lr=0.1, epochs=3, batch_size=len(x), sample_weight=w,
+          progress=False)
+    b.fit(x[:half], y[:half], optimizer="sgd", lr=0.05, epochs=3, batch_size=len(x),
+          progress=False)
+    np.testing.assert_allclose(a.param_arena, b.param_arena, rtol=1e-10, atol=1e-12)
+
+
+def test_class_weight_is_a_per_sample_weight_of_the_label():
+    x, y = _data()
+    cw = {0: 1.0, 1: 2.0, 2: 0.5, 3: 1.0, 4: 3.0}
+    a, b = _mlp(), _mlp()
+    ha = a.fit(x, y, epochs=2, batch_size=16, class_weight=cw, progress=False)
+    hb = b.fit(x, y, epochs=2, batch_size=16, progress=False,
+               sample_weight=np.array([cw[c] for c in y]))
+    assert ha["loss"] == hb["loss"]
+    assert_array_equal(a.param_arena, b.param_arena)
+    lw = np.array([cw[c] for c in y])
+    per = np.array([a.evaluate(x[i:i + 1], y[i:i + 1])["loss"] for i in range(len(x))])
+    assert a.evaluate(x, y, sample_weight=lw)["loss"] == pytest.approx(np.mean(lw * per))
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"class_weight": {0: 1.0}}, ValueError, r"no weight for the classes \[1, 2, 3, 4\]"),
+    ({"class_weight": [1.0, 1.0]}, ValueError, "2 weights, but y holds class 4"),
+    ({"sample_weight": np.ones(3)}, ValueError, r"expected shape \(96,\)"),
+    ({"sample_weight": -np.ones(96)}, ValueError, "finite weights >= 0"),
+    ({"sample_weight": np.array(["a"] * 96)}, TypeError, "sample_weight"),
+    ({"verbose": 3}, ValueError, "verbose"),
+    ({"initial_epoch": 5, "epochs": 3}, ValueError, "epochs: with initial_epoch=5"),
+    ({"schedule": lambda step: -1.0}, ValueError, "lr at step 0"),
+    ({"schedule": lambda step: "fast"}, TypeError, "returned str"),
+])
+def test_keras_arguments_checked_before_anything_changes(kwargs, error, match):
+    x, y = _data()
+    model = _mlp()
+    before = model.param_arena.copy()
+    with pytest.raises(error, match=match):
+        model.fit(x, y, progress=False, **kwargs)
+    assert model.train_state is None
+    assert_array_equal(model.param_arena, before)
+
+
+def test_initial_epoch_has_kerass_meaning():
+    x, y = _data()
+    model = _mlp()
+    hist = model.fit(x, y, epochs=3, initial_epoch=1, progress=False)
+    assert hist.epochs == [2, 3] and model.train_state.epoch == 3
+    model.fit(x, y, epochs=5, initial_epoch=3, progress=False)
+    assert hist.epochs == [2, 3, 4, 5]
+    with pytest.raises(ValueError, match="has trained 5 epochs; received 2"):
+        model.fit(x, y, epochs=6, initial_epoch=2, progress=False)
+
+
+def test_schedule_as_a_plain_callable():
+    x, y = _data()
+    model = _mlp()
+    steps = []
+
+    def lr(step):
+        steps.append(step)
+        return 0.01 / (1 + step)
+
+    hist = model.fit(x, y, epochs=2, batch_size=32, schedule=lr, progress=False)
+    assert steps[1:] == list(range(6))  # the check, then each step
+    assert hist["lr"] == [0.01 / 3, 0.01 / 6]
+
+
+def test_metric_logged_under_the_name_given():
+    x, y = _data()
+    hist = _mlp().fit(x, y, epochs=1, metrics=["acc"], validation_split=0.25, progress=False)
+    assert hist["acc"] and hist["val_acc"] and "accuracy" not in hist.history
+
+
+def test_verbose_levels(capsys):
+    x, y = _data()
+    _mlp().fit(x, y, epochs=2, verbose=0)
+    assert capsys.readouterr().out == ""
+    _mlp().fit(x, y, epochs=2, verbose=2, progress=False)  # verbose decides
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    _mlp().fit(x, y, epochs=2, verbose=1)  # not a terminal: lines
+    assert capsys.readouterr().out.startswith("epoch 1/2")

@@ -100,16 +100,126 @@ def _describe(x) -> str:
 
 
 class Callback:
-    """Hooks called by fit. Set ``model.stop_training = True`` to stop."""
+    """Hooks called by fit. ``self.model`` is the model being trained (set
+    by fit before the first hook); set ``self.model.stop_training = True``
+    to stop after the current epoch.
 
-    def on_train_begin(self, model, logs=None):
+    Override any of the hooks; fit calls only those a subclass overrides.
+    Two signatures are accepted, told apart by the parameters of the
+    method, once at the start of fit:
+
+    - Keras's: ``on_train_begin(self, logs=None)``,
+      ``on_epoch_end(self, epoch, logs=None)``,
+      ``on_train_end(self, logs=None)`` (the model is ``self.model``);
+    - fusedtrain's own: ``on_train_begin(self, model, logs=None)``,
+      ``on_epoch_end(self, epoch, logs, model)``,
+      ``on_train_end(self, model, logs=None)`` -- an ``on_epoch_end`` with
+      three parameters after self, or an ``on_train_begin`` /
+      ``on_train_end`` whose first parameter is not called ``logs``.
+
+    ``on_epoch_begin(self, epoch, logs=None)``,
+    ``on_train_batch_begin(self, batch, logs=None)`` and
+    ``on_train_batch_end(self, batch, logs=None)`` take Keras's signature
+    (``batch``: the batch's index in its epoch, from 0; the batch-end logs
+    hold this batch's ``loss``). ``epoch`` counts from 0 over the model's
+    whole training (it goes on across fit calls and checkpoints); ``logs``
+    of on_epoch_end are the epoch's logged values (``loss``, the metrics,
+    ``val_*``, ``lr``, ``time``), of on_train_end the last epoch's.
+    """
+
+    #: the model being trained (set by fit)
+    model = None
+
+    def on_train_begin(self, model=None, logs=None):
         pass
 
-    def on_epoch_end(self, epoch, logs, model):
+    def on_epoch_begin(self, epoch, logs=None):
         pass
 
-    def on_train_end(self, model, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
         pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None, model=None):
+        pass
+
+    def on_train_end(self, model=None, logs=None):
+        pass
+
+
+#: the hooks fit calls, in the order of a run
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_train_batch_begin", "on_train_batch_end",
+         "on_epoch_end", "on_train_end")
+
+
+def _positional(method):
+    """(names of the positional parameters, whether it takes *args); None
+    when the signature cannot be read."""
+    import inspect
+
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names = [p.name for p in params
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return names, any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def hook(cb, name, model):
+    """A function ``f(index_or_None, logs)`` that calls ``cb``'s hook
+    ``name`` in the signature the hook was written for, or None when the
+    callback does not override it."""
+    method = getattr(cb, name, None)
+    if method is None or not callable(method):
+        return None
+    base = getattr(Callback, name)
+    if getattr(type(cb), name, None) is base:
+        return None  # the base's no-op
+    sig = _positional(method)
+    names, star = sig if sig is not None else ([], True)
+    if name in ("on_train_begin", "on_train_end"):
+        if names and names[0] != "logs":  # fusedtrain's (model, logs=None)
+            if len(names) >= 2 or star:
+                return lambda i, logs: method(model, logs)
+            return lambda i, logs: method(model)
+        if names or star:
+            return lambda i, logs: method(logs)
+        return lambda i, logs: method()
+    if name == "on_epoch_end" and len(names) >= 3:  # fusedtrain's (epoch, logs, model)
+        return lambda i, logs: method(i, logs, model)
+    if len(names) >= 2 or star:
+        return lambda i, logs: method(i, logs)
+    if len(names) == 1:
+        return lambda i, logs: method(i)
+    return lambda i, logs: method()
+
+
+class Hooks:
+    """The hooks of a list of callbacks, each a list of calls (empty for a
+    hook no callback overrides, so fit skips it at no cost)."""
+
+    def __init__(self, callbacks, model):
+        self.callbacks = list(callbacks)
+        self.model = model
+        for name in HOOKS:
+            setattr(self, name, [f for f in (hook(cb, name, model) for cb in self.callbacks)
+                                 if f is not None])
+
+    def bind(self) -> None:
+        """Set ``cb.model`` on every callback (fit calls it as training begins)."""
+        for cb in self.callbacks:
+            try:
+                cb.model = self.model
+            except AttributeError:  # a read-only property of the callback's own
+                pass
+
+    @staticmethod
+    def call(calls, index, logs) -> None:
+        for f in calls:
+            f(index, logs)
 
 
 def _monitor_mode(monitor, mode):
@@ -220,28 +330,105 @@ class HistoryLogger(Callback):
 # ---------------------------------------------------------------------------
 # progress
 # ---------------------------------------------------------------------------
-class _Progress:
-    """A tqdm bar per epoch on a terminal; one plain line per epoch otherwise
-    (CI logs); nothing when disabled."""
+#: the width a line is fitted to when the terminal's is unknown or 0
+DEFAULT_WIDTH = 80
 
-    def __init__(self, enabled, epochs, steps):
-        self.enabled = enabled
+
+def terminal_width() -> int:
+    """The terminal's width in columns; 80 when it is unknown or reported
+    as 0 (some CI runners and pseudo-terminals)."""
+    import shutil
+
+    try:
+        cols = shutil.get_terminal_size((DEFAULT_WIDTH, 24)).columns
+    except (OSError, ValueError):
+        cols = 0
+    return cols if cols > 0 else DEFAULT_WIDTH
+
+
+def _in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (IPython's ZMQ shell)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:  # an IPython too old or half imported: not a notebook
+        return False
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _bar_class():
+    """tqdm's class for this output: ``tqdm.auto`` (widgets) in a notebook,
+    the console bar on a terminal; None otherwise (plain lines) or without
+    tqdm."""
+    notebook = _in_notebook()
+    if not notebook and not sys.stdout.isatty():
+        return None
+    try:
+        if notebook:
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
+# abbreviations used when a line does not fit
+_SHORT = {"accuracy": "acc", "top_k_accuracy": "top5", "precision": "prec", "recall": "rec",
+          "loss_scale": "scale", "nonfinite_steps": "skipped"}
+# the values left out first, in order, when a line does not fit
+_OPTIONAL = ("time", "lr", "loss_scale")
+
+
+def epoch_line(epoch, epochs, logs, width) -> str:
+    """One line for an epoch's logs that fits ``width`` columns: the time,
+    then the learning rate and the loss scale are left out, then names are
+    shortened and values rounded to 3 digits, until it fits (a line still
+    too long is cut, ending in "...")."""
+    head = f"epoch {epoch + 1}/{epochs}"
+    items = list(logs.items())
+    for level in range(len(_OPTIONAL) + 3):
+        drop = set(_OPTIONAL[:level])
+        short = level > len(_OPTIONAL)
+        digits = 3 if level > len(_OPTIONAL) + 1 else 4
+        sep = " " if short else "  "
+        parts = [head]
+        for k, v in items:
+            if k in drop:
+                continue
+            if short:
+                base = k[4:] if k.startswith("val_") else k
+                k = ("val_" if k.startswith("val_") else "") + _SHORT.get(base, base)
+            parts.append(f"{k}={_fmt(v, digits)}")
+        line = sep.join(parts)
+        if len(line) <= width:
+            return line
+    return line[:max(width - 3, 0)] + "..."
+
+
+class _Progress:
+    """What fit shows (``verbose``): 0 nothing; 1 a tqdm bar per epoch on a
+    terminal (``tqdm.auto``'s in a notebook) and one line per epoch; 2 one
+    line per epoch only (logs, CI). Each epoch's line fits the terminal's
+    width (80 columns when it is unknown or 0)."""
+
+    def __init__(self, verbose, epochs, steps):
+        self.verbose = verbose
+        self.enabled = verbose > 0
         self.epochs = epochs
         self.steps = steps
         self.bar = None
-        self.tty = enabled and sys.stdout.isatty()
-        if self.tty:
-            try:
-                import tqdm  # noqa: F401
-            except ImportError:
-                self.tty = False
+        self.bar_cls = _bar_class() if verbose == 1 else None
+        self.tty = self.bar_cls is not None
 
     def start(self, epoch):
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=True,
-                            dynamic_ncols=True, file=sys.stdout)
+        if self.bar_cls is not None:
+            # a notebook's widget takes its own width (its ncols are pixels)
+            size = {} if _in_notebook() else {"ncols": terminal_width(), "file": sys.stdout}
+            self.bar = self.bar_cls(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}",
+                                    leave=False, **size)
 
     def update(self, loss, lr):
         if self.bar is not None:
@@ -251,16 +438,14 @@ class _Progress:
     def end(self, epoch, logs):
         if not self.enabled:
             return
-        text = "  ".join(f"{k}={_fmt(v)}" for k, v in logs.items())
         if self.bar is not None:
-            self.bar.set_postfix_str(text)
             self.bar.close()
             self.bar = None
-        else:
-            print(f"epoch {epoch + 1}/{self.epochs}  {text}", flush=True)
+        # one column spare: a line exactly as wide as the terminal wraps on some
+        print(epoch_line(epoch, self.epochs, logs, terminal_width() - 1), flush=True)
 
 
-def _fmt(v):
+def _fmt(v, digits=4):
     if isinstance(v, float):
-        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.3e}"
+        return f"{v:.{digits}g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.{digits - 1}e}"
     return str(v)

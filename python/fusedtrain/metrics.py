@@ -319,6 +319,7 @@ _REGISTRY = {
     "roc_auc": _named("roc_auc", lambda y_true, scores: roc_auc(y_true, scores)),
     "mse": _named("mse", lambda y_true, scores: mse(y_true, scores)),
     "mae": _named("mae", lambda y_true, scores: mae(y_true, scores)),
+    "acc": _named("acc", lambda y_true, scores: accuracy(y_true, scores)),  # Keras's name
 }
 
 #: names accepted by :func:`get`
@@ -330,7 +331,7 @@ def get(name):
     ``__name__`` is ``name``, a key for a training history); a callable is
     returned as it is.
 
-    ``"accuracy"``, ``"top_k_accuracy"`` (k=5), ``"precision"``,
+    ``"accuracy"`` (or ``"acc"``, Keras's short name), ``"top_k_accuracy"`` (k=5), ``"precision"``,
     ``"recall"``, ``"f1"`` (macro averages), ``"roc_auc"``, ``"mse"``,
     ``"mae"``.
     """

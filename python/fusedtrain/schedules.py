@@ -18,7 +18,11 @@ no state (their ``state_dict()`` is ``{}``); :class:`ReduceOnPlateau` and a
 ``CosineAnnealing``         ``min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2``
 ``Warmup(schedule, ...)``   linear ramp, then ``schedule`` shifted by warmup
 ``ReduceOnPlateau``         divided by ``1 / factor`` when a metric stalls
+``Function(f)``             ``f(step)``: any plain callable
 ==========================  ==================================================
+
+``fit(schedule=f)`` also takes a plain callable ``f(step) -> lr`` (Keras's
+habit); it is wrapped in :class:`Function`.
 
 :func:`get` builds one from a name (for the command line).
 """
@@ -40,6 +44,7 @@ __all__ = [
     "CosineAnnealing",
     "Warmup",
     "ReduceOnPlateau",
+    "Function",
     "get",
     "NAMES",
 ]
@@ -400,6 +405,33 @@ class ReduceOnPlateau(Schedule):
                 f"min_lr={self.min_lr!r}")
 
 
+class Function(Schedule):
+    """``lr(step) = f(step)`` for a plain callable ``f`` (a function, a
+    lambda, a Keras-style ``LearningRateSchedule``): each value is checked
+    to be a finite number >= 0 (ValueError naming the step otherwise). Its
+    state is empty: a resumed run is given the same callable again."""
+
+    def __init__(self, f):
+        if not callable(f):
+            raise TypeError(f"f must be a callable step -> lr; received {type(f).__name__} {f!r:.80}")
+        self.f = f
+
+    def _lr(self, step: int) -> float:
+        value = self.f(step)
+        try:
+            return _lr(f"the schedule's lr at step {step}", value)
+        except TypeError:
+            raise TypeError(f"the schedule {self.f!r:.80} returned {type(value).__name__} "
+                            f"{value!r:.80} at step {step}; expected a number") from None
+
+    def check(self, step: int) -> float:
+        """The lr at ``step``, checked (fit calls it once before training)."""
+        return self.lr(step)
+
+    def _fields(self) -> str:
+        return repr(self.f)
+
+
 # ---------------------------------------------------------------------------
 # by name
 # ---------------------------------------------------------------------------
@@ -469,6 +501,8 @@ def get(spec, lr: float, total_steps: int | None = None):
     if not isinstance(spec, str):
         if not isinstance(spec, type) and callable(getattr(spec, "lr", None)):
             return spec
+        if callable(spec) and not isinstance(spec, type):
+            return Function(spec)
         raise TypeError(
             f"schedule must be a name (one of {list(NAMES)}) or a schedule object; "
             f"received {type(spec).__name__} {spec!r:.80}"

@@ -26,8 +26,8 @@ from . import metrics as _metrics
 from . import ops as _ops
 from . import optim as _optim
 from . import schedules as _schedules
-from .callbacks import (Callback, EarlyStopping, History, HistoryLogger, ModelCheckpoint,
-                        _Progress)
+from .callbacks import (HOOKS, Callback, EarlyStopping, History, HistoryLogger, Hooks,
+                        ModelCheckpoint, _Progress)
 from .nn import losses as _losses
 
 __all__ = ["fit", "evaluate", "predict", "cross_validate", "TrainState", "History", "Callback",
@@ -227,7 +227,12 @@ def _schedule(schedule, state, opt, new_opt, lr, total_steps):
     if schedule is None:
         return None, None, None
     if not isinstance(schedule, str):
+        if not (callable(getattr(schedule, "lr", None)) and not isinstance(schedule, type)) \
+                and callable(schedule):
+            schedule = _schedules.Function(schedule)  # a plain step -> lr callable
         _schedules.get(schedule, lr=0.0)  # TypeError unless it has lr(step)
+        if isinstance(schedule, _schedules.Function):
+            schedule.check(state.step if state is not None else 0)
         return schedule, None, None
     if lr is not None:
         base = lr
@@ -253,8 +258,9 @@ def _metric_fns(metrics):
     return out
 
 
-def _split(x, y, validation_data, validation_split, seed, model, loss_fn):
-    """(x, y, validation pair or None) after validation_split."""
+def _split(x, y, w, validation_data, validation_split, seed, model, loss_fn):
+    """(x, y, sample weights or None, validation pair or None) after
+    validation_split (the weights of the validation samples are left out)."""
     if validation_data is not None and validation_split is not None:
         raise ValueError("pass validation_data or validation_split, not both")
     if validation_split is not None:
@@ -267,14 +273,83 @@ def _split(x, y, validation_data, validation_split, seed, model, loss_fn):
         split = np.random.default_rng(seed).permutation(len(x))
         validation_data = (x[split[:n_val]], y[split[:n_val]])
         x, y = np.ascontiguousarray(x[split[n_val:]]), np.ascontiguousarray(y[split[n_val:]])
+        if w is not None:
+            w = np.ascontiguousarray(w[split[n_val:]])
     if validation_data is None:
-        return x, y, None
+        return x, y, w, None
     try:
         xv, yv = validation_data
     except (TypeError, ValueError):
         raise ValueError("validation_data must be a pair (x_val, y_val)") from None
     xv = _inputs(model, xv, "validation_data[0]")
-    return x, y, (xv, _targets(model, loss_fn, xv, yv, "validation_data[1]"))
+    return x, y, w, (xv, _targets(model, loss_fn, xv, yv, "validation_data[1]"))
+
+
+def _sample_weights(sample_weight, class_weight, y, loss_fn, dtype, name="sample_weight"):
+    """The per-sample loss weights (n,) of ``dtype`` from sample_weight and
+    class_weight (their product), or None when neither is given."""
+    w = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight)
+        if w.dtype.kind not in "biuf" or w.dtype.kind == "b":
+            raise TypeError(f"{name}: expected a real numeric array; received dtype {w.dtype}")
+        if w.shape not in ((len(y),), (len(y), 1)):
+            raise ValueError(f"{name}: expected shape ({len(y)},) (one weight per sample); "
+                             f"received {w.shape}")
+        w = w.reshape(-1).astype(np.float64)
+        if not np.all(np.isfinite(w)) or (w.size and w.min() < 0):
+            raise ValueError(f"{name}: expected finite weights >= 0")
+    if class_weight is not None:
+        labels = _class_labels(y, loss_fn)
+        if isinstance(class_weight, dict):
+            table = {}
+            for k, v in class_weight.items():
+                key = V.integer("class_weight key", k, 0)
+                table[key] = V.at_least(f"class_weight[{key}]", v)
+                if not math.isfinite(table[key]):
+                    raise ValueError(f"class_weight[{key}] must be finite; received {v!r}")
+            present = np.unique(labels)
+            missing = [int(c) for c in present if int(c) not in table]
+            if missing:
+                raise ValueError(f"class_weight: no weight for the classes {missing} of y; give "
+                                 "every class present a weight")
+            lut = np.zeros(int(max(max(table), labels.max(initial=0))) + 1)
+            for k, v in table.items():
+                lut[k] = v
+        else:
+            lut = np.asarray(class_weight, dtype=np.float64)
+            if lut.ndim != 1 or not np.all(np.isfinite(lut)) or (lut.size and lut.min() < 0):
+                raise ValueError("class_weight: expected a dict {class: weight} or a 1-d sequence "
+                                 "of finite weights >= 0 (one per class)")
+            if labels.size and labels.max() >= len(lut):
+                raise ValueError(f"class_weight: {len(lut)} weights, but y holds class "
+                                 f"{int(labels.max())}")
+        cw = lut[labels]
+        w = cw if w is None else w * cw
+    return None if w is None else np.ascontiguousarray(w, dtype=dtype)
+
+
+def _class_labels(y, loss_fn):
+    """The class of each sample, for class_weight: integer labels (the
+    cross-entropies), or the 0 / 1 targets of a single-output bce."""
+    if y.ndim == 1 and y.dtype.kind in "iu":
+        return y
+    if isinstance(loss_fn, _losses.BinaryCrossEntropy) and y.ndim == 2 and y.shape[1] == 1 \
+            and np.all((y == 0) | (y == 1)):
+        return y[:, 0].astype(np.int64)
+    raise ValueError("class_weight applies to class labels (cross_entropy, "
+                     "sparse_categorical_crossentropy, categorical_crossentropy) and to 0 / 1 "
+                     "targets of a single-output bce; pass sample_weight for other targets")
+
+
+def _verbose(verbose, progress) -> int:
+    """fit's display level from verbose (Keras's 0, 1, 2 or "auto") or,
+    when verbose is None, progress (True: 1, False: 0)."""
+    if verbose is None:
+        return 1 if V.flag("progress", progress) else 0
+    if verbose == "auto":
+        return 1
+    return V.integer("verbose", verbose, 0, 2)
 
 
 # ---------------------------------------------------------------------------
@@ -283,17 +358,18 @@ def _split(x, y, validation_data, validation_split, seed, model, loss_fn):
 class _Batcher:
     """Gathers shuffled batches into buffers allocated once per batch size."""
 
-    def __init__(self, x, y):
-        self.x, self.y = x, y
+    def __init__(self, x, y, w=None):
+        self.arrays = (x, y) if w is None else (x, y, w)
         self._buf = {}
 
     def get(self, idx):
+        """(x rows, y rows) -- and the weights' when there are weights."""
         n = len(idx)
         bufs = self._buf.get(n)
         if bufs is None:
-            bufs = self._buf[n] = (np.empty((n,) + self.x.shape[1:], self.x.dtype),
-                                   np.empty((n,) + self.y.shape[1:], self.y.dtype))
-        for src, out in zip((self.x, self.y), bufs):
+            bufs = self._buf[n] = tuple(np.empty((n,) + a.shape[1:], a.dtype)
+                                        for a in self.arrays)
+        for src, out in zip(self.arrays, bufs):
             if _parallel_take(src, idx):
                 _core.take_rows(src, idx, out)  # the kernels' threads share the rows
             else:
@@ -318,13 +394,26 @@ class _Run:
 
     def __init__(self, model, x, y, loss, optimizer, lr, epochs, batch_size, shuffle, seed,
                  validation_data, validation_split, metrics, schedule, callbacks, progress,
-                 clip_norm, accumulate_steps, loss_scale, on_nonfinite):
+                 clip_norm, accumulate_steps, loss_scale, on_nonfinite, verbose=None,
+                 sample_weight=None, class_weight=None, initial_epoch=None):
         self.model = model
         self.loss_fn = _losses.get(loss)
         _losses.check_output_layer(model, self.loss_fn)
         x = _inputs(model, x)
         y = _targets(model, self.loss_fn, x, y)
         self.epochs = V.integer("epochs", epochs, 0)
+        self.initial_epoch = None
+        if initial_epoch is not None:
+            self.initial_epoch = V.integer("initial_epoch", initial_epoch, 0)
+            done = model.train_state.epoch if model.train_state is not None else 0
+            if done and self.initial_epoch != done:
+                raise ValueError(f"initial_epoch: the model has trained {done} epochs; received "
+                                 f"{self.initial_epoch} (pass {done}, or leave it out)")
+            if self.epochs < self.initial_epoch:
+                raise ValueError(f"epochs: with initial_epoch={self.initial_epoch}, epochs is the "
+                                 f"last epoch's number and must be >= {self.initial_epoch}; "
+                                 f"received {self.epochs}")
+            self.epochs -= self.initial_epoch
         self.batch_size = V.integer("batch_size", batch_size, 1)
         self.shuffle = V.flag("shuffle", shuffle)
         seed = V.uint64("seed", seed)
@@ -332,17 +421,22 @@ class _Run:
         self.accumulate = V.integer("accumulate_steps", accumulate_steps, 1)
         self.on_nonfinite = _on_nonfinite(on_nonfinite)
         lr = _lr(lr)
-        self.x, self.y, self.validation = _split(x, y, validation_data, validation_split, seed,
-                                                 model, self.loss_fn)
+        w = _sample_weights(sample_weight, class_weight, y, self.loss_fn, model.dtype)
+        self.x, self.y, self.w, self.validation = _split(x, y, w, validation_data,
+                                                         validation_split, seed, model,
+                                                         self.loss_fn)
         if len(self.x) == 0:
             raise ValueError("x: expected at least one training sample; received 0")
         self.metric_fns = _metric_fns(metrics)
         self.callbacks = list(callbacks or ())
         for i, cb in enumerate(self.callbacks):
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks[{i}]: expected a fusedtrain.train.Callback; "
-                                f"received {type(cb).__name__}")
-        self.progress = progress
+            if not isinstance(cb, Callback) and not any(callable(getattr(cb, h, None))
+                                                        for h in HOOKS):
+                raise TypeError(f"callbacks[{i}]: expected a fusedtrain.train.Callback (or an "
+                                f"object with any of the methods {list(HOOKS)}); received "
+                                f"{type(cb).__name__}")
+        self.hooks = Hooks(self.callbacks, model)
+        self.verbose = _verbose(verbose, progress)
         batches = math.ceil(len(self.x) / self.batch_size)
         self.batches_per_epoch = batches
         steps_per_epoch = math.ceil(batches / self.accumulate)  # optimizer steps
@@ -383,6 +477,8 @@ class _Run:
         if self.keep_scaler:
             state.loss_scaler = self.scaler  # "dynamic": the scale goes on in the next fit
         state.stop_training = False
+        if self.initial_epoch is not None and state.epoch == 0:
+            state.epoch = self.initial_epoch  # the count the run goes on from
         self.state = state
         self.grads = model.gradients()
         self.arena = model.grad_arena  # the gradients as one array: one check, one clip
@@ -447,9 +543,18 @@ class _Run:
         total_loss, counted = 0.0, 0
         sums = {k: 0.0 for k in metric_fns}
         window_ok = True
+        hooks = self.hooks
+        batch_begin, batch_end = hooks.on_train_batch_begin, hooks.on_train_batch_end
+        weighted = self.w is not None
+        wb = None
         for start in range(0, n, bs):
             idx = order[start:start + bs]
-            xb, yb = batcher.get(idx)
+            if batch_begin:
+                hooks.call(batch_begin, start // bs, {"size": len(idx)})
+            if weighted:
+                xb, yb, wb = batcher.get(idx)
+            else:
+                xb, yb = batcher.get(idx)
             w0 = start - start % window
             first = start == w0  # the window's first batch
             last = start + bs >= min(n, w0 + window)
@@ -460,7 +565,7 @@ class _Run:
                     for g in opt.param_groups:
                         g["lr"] = new_lr
             out = model.forward(xb, training=True)
-            batch_loss, dout = loss_fn(out, yb)
+            batch_loss, dout = loss_fn(out, yb) if wb is None else loss_fn(out, yb, wb)
             batch_loss = float(batch_loss)
             ok = math.isfinite(batch_loss)
             if ok or self.on_nonfinite == "ignore":
@@ -485,6 +590,8 @@ class _Run:
                 self.optimizer_step(window_ok, where)
                 state.step += 1
             bar.update(batch_loss, opt.param_groups[0]["lr"])
+            if batch_end:
+                hooks.call(batch_end, start // bs, {"size": len(idx), "loss": batch_loss})
         logs = {"loss": total_loss / counted if counted else math.nan}
         logs.update({k: (v / counted if counted else math.nan) for k, v in sums.items()})
         if self.validation is not None:
@@ -506,33 +613,44 @@ class _Run:
 
     def train(self) -> History:
         state = self.commit()
-        model = self.model
-        for cb in self.callbacks:
-            cb.on_train_begin(model)
-        batcher = _Batcher(self.x, self.y)
-        bar = _Progress(self.progress, state.epoch + self.epochs, self.batches_per_epoch)
+        hooks = self.hooks
+        hooks.bind()
+        hooks.call(hooks.on_train_begin, None, {})
+        batcher = _Batcher(self.x, self.y, self.w)
+        bar = _Progress(self.verbose, state.epoch + self.epochs, self.batches_per_epoch)
+        logs = {}
         for _ in range(self.epochs):
             epoch = state.epoch
+            hooks.call(hooks.on_epoch_begin, epoch, {})
             logs = self.epoch(batcher, bar)
-            for cb in self.callbacks:
-                cb.on_epoch_end(epoch, logs, model)
+            hooks.call(hooks.on_epoch_end, epoch, logs)
             if state.stop_training:
                 break
-        for cb in self.callbacks:
-            cb.on_train_end(model)
+        hooks.call(hooks.on_train_end, None, dict(logs))
         return state.history
 
 
 def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=None, epochs=10, batch_size=128,
         shuffle=True, seed=0, validation_data=None, validation_split=None, metrics=("accuracy",),
         schedule=None, callbacks=(), progress=True, clip_norm=None, accumulate_steps=1,
-        loss_scale=None, on_nonfinite="raise"):
+        loss_scale=None, on_nonfinite="raise", verbose=None, sample_weight=None,
+        class_weight=None, initial_epoch=None):
     """Train ``model`` on (x, y); returns the :class:`History` (also model.history).
 
     Every argument is checked before anything changes: a call that raises
     ValueError / TypeError has changed neither the model nor its state.
 
-    loss: "cross_entropy" (integer labels), "bce" or "mse", or a Loss.
+    loss: a name -- "cross_entropy" or "sparse_categorical_crossentropy"
+    (integer labels), "categorical_crossentropy" (one-hot targets), "bce" /
+    "binary_crossentropy", "mse" / "mean_squared_error" -- or a
+    :class:`fusedtrain.nn.losses.Loss`. The losses take logits (a last layer
+    without activation); for a last ``activation="softmax"`` (``"sigmoid"``)
+    pass ``CrossEntropy(from_logits=False)`` (``BinaryCrossEntropy(...)``):
+    fit refuses the mixes that would apply the activation twice or not at
+    all, naming the layer.
+    metrics: names of :func:`fusedtrain.metrics.get` ("accuracy" or "acc",
+    ...) or callables ``f(y_true, outputs)``; each is logged under the name
+    given (``val_`` + it on the validation data).
     optimizer: an Optimizer over exactly ``model.parameters()`` (ValueError
     otherwise), or a name of :func:`fusedtrain.optim.get` ("adam", "adamw",
     "sgd", "rmsprop", "adagrad"): the model's current optimizer (from an
@@ -548,6 +666,11 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=None, epochs=10, b
     steps already taken plus this call's (``total_steps``), starting from
     the lr it started from the first time (``TrainState.base_lr``), so a run
     stopped and resumed follows the same curve as one that never stopped.
+    A plain callable ``f(step) -> lr`` works too (``step`` counts the
+    optimizer steps taken before this one, from 0, over the whole run); it
+    is called once before training, to check it returns a finite number
+    >= 0 (ValueError otherwise, with nothing changed), and each value is
+    checked as it is used.
     Training continues where an earlier fit (or a loaded checkpoint) left
     off: the step count, the optimizer, the shuffling RNG, the dropout
     streams and a dynamic loss scale go on (see :class:`TrainState`).
@@ -588,13 +711,35 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=None, epochs=10, b
     goes by on_nonfinite. Without one, the check costs one pass over the
     gradients (none with clip_norm, whose norm tells).
 
+    verbose: Keras's display levels -- 0 nothing, 1 (or "auto") a progress
+    bar per epoch on a terminal (``tqdm.auto``'s in a notebook) and one line
+    per epoch, 2 one line per epoch; each line fits the terminal's width.
+    None (default) takes it from ``progress``: True is 1, False is 0.
+    sample_weight: None or (N,) finite weights >= 0, one per sample of x;
+    class_weight: None, a dict ``{class: weight}`` (every class of y needs
+    one) or a sequence indexed by class, for integer (or one-hot) labels and
+    0 / 1 bce targets. The sample's weight is the product of the two; the
+    loss (logged and minimised) is Keras's ``sum_i w_i * loss_i / N`` over
+    each batch of N samples, so all-ones weights give the plain mean.
+    Metrics and the validation loss are unweighted. With validation_split,
+    the weights of the samples held out are left out.
+    initial_epoch: None (default: ``epochs`` is the number of epochs this
+    call runs) or Keras's meaning: ``epochs`` is the number of the last
+    epoch and the call runs ``epochs - initial_epoch`` of them. It must
+    equal the epochs the model has trained (``model.train_state.epoch``); a
+    model that has not trained starts its epoch count there.
+
+    callbacks: :class:`Callback` objects (Keras's hook signatures accepted,
+    with ``self.model`` set; see :class:`Callback`), called in order.
+
     Calls on one model (fit, evaluate, predict) from several threads run one
     at a time (a lock per model).
     """
     with model._lock:
         run = _Run(model, x, y, loss, optimizer, lr, epochs, batch_size, shuffle, seed,
                    validation_data, validation_split, metrics, schedule, callbacks, progress,
-                   clip_norm, accumulate_steps, loss_scale, on_nonfinite)
+                   clip_norm, accumulate_steps, loss_scale, on_nonfinite, verbose,
+                   sample_weight, class_weight, initial_epoch)
         return run.train()
 
 
@@ -621,20 +766,26 @@ def _predict(model, x, batch_size):
     return out
 
 
-def evaluate(model, x, y, loss="cross_entropy", metrics=("accuracy",), batch_size=1024):
-    """{"loss": mean loss, metric: value, ...} on (x, y) in inference mode."""
+def evaluate(model, x, y, loss="cross_entropy", metrics=("accuracy",), batch_size=1024,
+             sample_weight=None):
+    """{"loss": mean loss, metric: value, ...} on (x, y) in inference mode.
+
+    sample_weight: None or (N,) weights; the loss is then
+    ``sum_i w_i * loss_i / N`` (as fit's); the metrics are unweighted."""
     loss_fn = _losses.get(loss)
     _losses.check_output_layer(model, loss_fn)
     x = _inputs(model, x)
     y = _targets(model, loss_fn, x, y)
+    w = _sample_weights(sample_weight, None, y, loss_fn, model.dtype)
     metric_fns = metrics if isinstance(metrics, dict) else _metric_fns(metrics)
     batch_size = V.integer("batch_size", batch_size, 1)
     with model._lock:
         scores = _predict(model, x, batch_size)
     total = 0.0
     for start in range(0, len(x), batch_size):
-        total += float(loss_fn(scores[start:start + batch_size], y[start:start + batch_size])[0]) \
-            * len(y[start:start + batch_size])
+        part = slice(start, start + batch_size)
+        args = (scores[part], y[part]) if w is None else (scores[part], y[part], w[part])
+        total += float(loss_fn(*args)[0]) * len(y[part])
     out = {"loss": total / max(len(x), 1)}
     for k, f in metric_fns.items():
         out[k] = float(f(y, scores))

@@ -84,6 +84,10 @@ class Sequential:
         before training)."""
         return self.train_state.history if self.train_state is not None else None
 
+    @history.setter
+    def history(self, value):
+        self._state().history = value
+
     @property
     def stop_training(self) -> bool:
         """Set True (from a callback) to end fit after the current epoch."""
@@ -157,19 +161,31 @@ class Sequential:
                 break
 
     # ------------------------------------------------------------ training
-    def fit(self, x, y, **kwargs):
-        """Train the model; see :func:`fusedtrain.train.fit` for the keyword
-        arguments (loss, optimizer, lr, epochs, batch_size, ..., clip_norm,
-        accumulate_steps, loss_scale, on_nonfinite)."""
+    def fit(self, x, y, loss="cross_entropy", optimizer=None, lr=None, epochs=10, batch_size=128,
+            shuffle=True, seed=0, validation_data=None, validation_split=None,
+            metrics=("accuracy",), schedule=None, callbacks=(), progress=True, clip_norm=None,
+            accumulate_steps=1, loss_scale=None, on_nonfinite="raise", verbose=None,
+            sample_weight=None, class_weight=None, initial_epoch=None):
+        """Train the model; returns the History. The arguments are those of
+        :func:`fusedtrain.train.fit` (see it for each one)."""
         from ..train import fit
 
-        return fit(self, x, y, **kwargs)
+        return fit(self, x, y, loss=loss, optimizer=optimizer, lr=lr, epochs=epochs,
+                   batch_size=batch_size, shuffle=shuffle, seed=seed,
+                   validation_data=validation_data, validation_split=validation_split,
+                   metrics=metrics, schedule=schedule, callbacks=callbacks, progress=progress,
+                   clip_norm=clip_norm, accumulate_steps=accumulate_steps,
+                   loss_scale=loss_scale, on_nonfinite=on_nonfinite, verbose=verbose,
+                   sample_weight=sample_weight, class_weight=class_weight,
+                   initial_epoch=initial_epoch)
 
-    def evaluate(self, x, y, **kwargs):
+    def evaluate(self, x, y, loss="cross_entropy", metrics=("accuracy",), batch_size=1024,
+                 sample_weight=None):
         """Loss and metrics on (x, y); see :func:`fusedtrain.train.evaluate`."""
         from ..train import evaluate
 
-        return evaluate(self, x, y, **kwargs)
+        return evaluate(self, x, y, loss=loss, metrics=metrics, batch_size=batch_size,
+                        sample_weight=sample_weight)
 
     def predict(self, x, batch_size=1024):
         """Model outputs for x, in batches; a new array (thread-safe: see
@@ -177,6 +193,68 @@ class Sequential:
         from ..train import predict
 
         return predict(self, x, batch_size=batch_size)
+
+    # ------------------------------------------------------------ weights
+    def count_params(self) -> int:
+        """The number of parameters (every layer's)."""
+        return int(self.param_arena.size)
+
+    def get_weights(self) -> list:
+        """Copies of the parameters, in the order of :meth:`parameters`
+        (per Dense layer: weight (in, out), then bias (out,) when it has one)."""
+        return [p.copy() for p in self._params]
+
+    def set_weights(self, weights) -> None:
+        """Assign ``weights`` (a list like :meth:`get_weights`'s: one array
+        per parameter, the same shapes, real numbers; cast to the model's
+        dtype). Everything is checked first: on error (ValueError / TypeError
+        naming the entry) no parameter has changed. The optimizer's state
+        is left as it is."""
+        weights = list(weights)
+        if len(weights) != len(self._params):
+            raise ValueError(f"weights: expected a list of {len(self._params)} arrays (one per "
+                             f"parameter: {', '.join(self._names)}); received {len(weights)}")
+        checked = []
+        for i, (w, p, name) in enumerate(zip(weights, self._params, self._names)):
+            a = np.asarray(w)
+            if a.dtype.kind not in "iuf":
+                raise TypeError(f"weights[{i}] ({name}): expected a real numeric array; received "
+                                f"dtype {a.dtype}")
+            if a.shape != p.shape:
+                raise ValueError(f"weights[{i}] ({name}): expected shape {p.shape}; received "
+                                 f"{a.shape}")
+            checked.append(a)
+        with self._lock:
+            for a, p in zip(checked, self._params):
+                np.copyto(p, a, casting="unsafe")
+
+    def summary(self, print_fn=None) -> None:
+        """Print a table of the layers (type and settings, output shape,
+        parameter count) and the totals, with ``print_fn`` (default print)."""
+        rows = [("Layer", "Output shape", "Params")]
+        width = None
+        for i, layer in enumerate(self.layers):
+            n = sum(int(np.prod(shape)) for _, shape in layer.param_specs())
+            if isinstance(layer, Dense):
+                width = layer.out_features
+                act = layer.activation
+                what = f"Dense({layer.in_features} -> {layer.out_features}" \
+                       + ("" if act in ("identity", "linear") else f", {act}") \
+                       + ("" if layer.use_bias else ", no bias") + ")"
+            elif isinstance(layer, Dropout):
+                what = f"Dropout(p={layer.p:g})"
+            else:
+                what = type(layer).__name__
+            rows.append((f"({i}) {what}", f"(None, {width})" if width else "?", f"{n:,}"))
+        cols = [max(len(r[k]) for r in rows) for k in range(3)]
+        line = "-" * (sum(cols) + 4)
+        fmt = lambda r: f"{r[0]:<{cols[0]}}  {r[1]:<{cols[1]}}  {r[2]:>{cols[2]}}"  # noqa: E731
+        total = self.count_params()
+        text = "\n".join(["Sequential", line, fmt(rows[0]), line, *map(fmt, rows[1:]), line,
+                          f"Total params: {total:,} ({self.dtype}, "
+                          f"{total * self.dtype.itemsize:,} bytes)",
+                          f"Trainable params: {total:,}"])
+        (print_fn or print)(text)
 
     def save(self, path, optimizer=None):
         """Write model, optimizer, schedule position and RNG state to one file,
