@@ -244,8 +244,11 @@ class Optimizer:
                 else:
                     records.append(self._follow(gi, ps))
                     changed = True
-            n = sum(len(g["params"]) for g in groups) if not changed else \
-                sum(len(r[0]) if r else len(g["params"]) for g, r in zip(groups, records))
+            if not changed:
+                n = len(groups[0]["params"]) if len(groups) == 1 else \
+                    sum(len(g["params"]) for g in groups)
+            else:
+                n = sum(len(r[0]) if r else len(g["params"]) for g, r in zip(groups, records))
             if not isinstance(grads, (list, tuple)):
                 raise TypeError(f"grads: expected a list of arrays, received {type(grads).__name__}")
             if len(grads) != n:
@@ -266,7 +269,7 @@ class Optimizer:
                 plans.append((h, params, grads[start:stop], buffers, flats, gstate, arena))
                 start = stop
             calls = [self._calls(gi, plan, records[gi] is None) for gi, plan in enumerate(plans)]
-            if skip or len(plans) > 1 or any(len(c) > 1 or c[0][4] for c in calls):
+            if skip or len(calls) > 1 or len(calls[0]) > 1 or calls[0][0][4]:
                 # every array of every group is checked before anything is
                 # written (one kernel call validates only its own lists)
                 for gi, (h, params, group_grads, buffers, _, gstate, _) in enumerate(plans):
