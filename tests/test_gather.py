@@ -92,3 +92,17 @@ def test_the_training_loop_uses_it_for_rows_of_1kb_and_more():
     assert not _parallel_take(np.zeros(10, np.int64), idx)  # labels
     assert not _parallel_take(np.zeros((256, 10), np.float32).T, idx)  # not C-contiguous
     assert not _parallel_take(np.zeros((10, 256), np.float32), idx.astype(np.int32))
+
+
+def test_ops_take_rows_is_the_kernel_and_refuses_other_arrays():
+    src = np.arange(12, dtype=np.float32).reshape(6, 2)
+    idx = np.array([5, 0, 3], dtype=np.int64)
+    out = np.empty((3, 2), np.float32)
+    assert fusedtrain.ops.take_rows(src, idx, out) is out
+    assert np.array_equal(out, src[idx])
+    before = out.copy()
+    with pytest.raises(IndexError, match=r"idx\[1\]"):
+        fusedtrain.ops.take_rows(src, np.array([0, 6, 1], np.int64), out)
+    assert np.array_equal(out, before)
+    with pytest.raises(TypeError, match="src: expected a numpy.ndarray"):
+        fusedtrain.ops.take_rows(src.tolist(), idx, out)

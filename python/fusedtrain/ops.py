@@ -54,6 +54,8 @@ Keyword arguments every optimizer takes (loss scaling, mixed precision):
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import _validate as V
 from .backend import CudaModule, computes_in_double, module_for
 
@@ -312,3 +314,20 @@ __all__ += ["softmax_cross_entropy", "bce_with_logits", "mse", "dropout", "dropo
 from ._ops_clip import clip_grad_norm_, clip_grad_value_, global_norm  # noqa: E402
 
 __all__ += ["global_norm", "clip_grad_norm_", "clip_grad_value_"]
+
+
+def take_rows(src, idx, out):
+    """``out[i] = src[idx[i]]`` for every i, in place, and returns ``out``:
+    the rows of a C-contiguous NumPy array ``src`` (numeric or bool) gathered
+    on the kernels' threads (the training loop's batch gather). ``idx`` is a
+    C-contiguous int64 array; every index is checked against ``len(src)``
+    (IndexError naming it) before anything is written. ``out`` has shape
+    ``(len(idx),) + src.shape[1:]`` and src's dtype, and shares no memory with
+    ``src`` or ``idx``. NumPy arrays only."""
+    if not isinstance(src, np.ndarray):
+        raise TypeError(f"src: expected a numpy.ndarray, received {type(src).__module__}."
+                        f"{type(src).__name__}")
+    return module_for(src, "src").take_rows(src, idx, out)
+
+
+__all__ += ["take_rows"]

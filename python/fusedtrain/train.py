@@ -19,7 +19,6 @@ import time
 
 import numpy as np
 
-from . import _core
 from . import _validate as V
 from . import amp as _amp
 from . import metrics as _metrics
@@ -371,14 +370,14 @@ class _Batcher:
                                         for a in self.arrays)
         for src, out in zip(self.arrays, bufs):
             if _parallel_take(src, idx):
-                _core.take_rows(src, idx, out)  # the kernels' threads share the rows
+                _ops.take_rows(src, idx, out)  # the kernels' threads share the rows
             else:
                 np.take(src, idx, axis=0, out=out)
         return bufs
 
 
 def _parallel_take(src, idx) -> bool:
-    """Whether _core.take_rows can gather from src: a C-contiguous NumPy array
+    """Whether ops.take_rows can gather from src: a C-contiguous NumPy array
     with rows of at least 1 KB (smaller ones are not worth the threads), and
     int64 indices."""
     return (type(src) is np.ndarray and src.ndim >= 1 and src.flags.c_contiguous
