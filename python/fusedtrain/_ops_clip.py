@@ -16,7 +16,6 @@ adapter (whose norm and clipping methods take ``_core``'s arguments).
 from __future__ import annotations
 
 import math
-import numbers
 
 from . import _validate as V
 from .backend import is_array, module_for
@@ -145,10 +144,7 @@ def clip_grad_value_(grads, clip_value, foreach=None):
     Difference from torch: ``clip_value`` must be >= 0 (ValueError; torch
     accepts a negative value and then sets every element to it).
     """
-    if isinstance(clip_value, bool) or not isinstance(clip_value, numbers.Real):
-        raise TypeError(f"clip_value must be a real number >= 0; received "
-                        f"{type(clip_value).__name__} {clip_value!r}")
-    c = float(clip_value)
+    c = V.real("clip_value", clip_value)
     if not c >= 0:
         raise ValueError(f"clip_value must be >= 0 (the largest magnitude kept); received {clip_value!r}")
     _foreach(foreach)

@@ -22,7 +22,6 @@ Re-exported by :mod:`fusedtrain.ops`.
 
 from __future__ import annotations
 
-import numbers
 
 from . import _validate as V
 from .backend import module_for
@@ -40,14 +39,10 @@ def _reduction(value) -> str:
 
 
 def _integer(name: str, value, low: int, high: int) -> int:
+    """An int in [low, high)."""
     if type(value) is int and low <= value < high:  # fast path: runs on every batch
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; received {type(value).__name__} {value!r}")
-    v = int(value)
-    if not low <= v < high:
-        raise ValueError(f"{name} must be in [{low}, {high}); received {v}")
-    return v
+    return V.integer(name, value, low, high - 1)
 
 
 def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, label_smoothing=0.0,

@@ -21,7 +21,6 @@ through :func:`fusedtrain.backend.module_for` like every other call.
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -99,10 +98,7 @@ class DynamicLossScaler:
         self.backoff_factor = V.in_range("backoff_factor", backoff_factor, 0.0, 1.0, True)
         if self.backoff_factor == 0.0:
             raise ValueError(f"backoff_factor must be in (0, 1]; received {backoff_factor!r}")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, numbers.Integral) \
-                or growth_interval < 1:
-            raise ValueError(f"growth_interval must be an int >= 1; received {growth_interval!r}")
-        self.growth_interval = int(growth_interval)
+        self.growth_interval = V.integer("growth_interval", growth_interval, 1)
         self.good_steps = 0      # clean steps since the last change of scale
         self.skipped_steps = 0   # steps skipped for overflow, in total
 

@@ -343,11 +343,7 @@ def batches(x, y, batch_size: int, shuffle: bool = True, rng=None, drop_last: bo
 
     Arguments are checked here, not at the first ``next()``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"batch_size must be an int >= 1; received {type(batch_size).__name__} {batch_size!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1; received {batch_size}")
-    batch_size = int(batch_size)
+    batch_size = _validate.integer("batch_size", batch_size, 1)
     shuffle = _validate.flag("shuffle", shuffle)
     drop_last = _validate.flag("drop_last", drop_last)
     n = _num_samples(x, y)

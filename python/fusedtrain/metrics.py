@@ -22,9 +22,9 @@ function). :func:`get` maps the names a training loop uses to callables
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
+
+from . import _validate
 
 __all__ = [
     "accuracy",
@@ -102,9 +102,7 @@ def _pred_labels(y_pred, threshold: float, name: str = "y_pred"):
 
 
 def _threshold(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"threshold must be a real number; received {type(value).__name__} {value!r}")
-    return float(value)
+    return _validate.real("threshold", value)
 
 
 def _check_below(name: str, labels: np.ndarray, n: int, what: str) -> None:
@@ -126,12 +124,10 @@ def _classes(y_true, y_pred, num_classes, threshold, name_pred: str = "y_pred"):
         else:
             c = int(max(t.max(), p.max())) + 1
     else:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
-            raise TypeError(f"num_classes must be an int >= 1 or None; "
-                            f"received {type(num_classes).__name__} {num_classes!r}")
-        c = int(num_classes)
-        if c < 1:
-            raise ValueError(f"num_classes must be an int >= 1 or None; received {c}")
+        try:
+            c = _validate.integer("num_classes", num_classes, 1)
+        except (TypeError, ValueError) as exc:  # say that None is allowed too
+            raise type(exc)(str(exc).replace("int >= 1", "int >= 1 or None", 1)) from None
         _check_below("y_true", t, c, f"num_classes={c}")
         _check_below(name_pred, p, c, f"num_classes={c}")
     return t, p, c
@@ -160,10 +156,7 @@ def top_k_accuracy(y_true, scores, k: int = 5) -> float:
     tied at the k-th place counts only if it wins that tie-break (a constant
     model does not score 100%). ``k >= C`` gives 1.0.
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k must be an int >= 1; received {type(k).__name__} {k!r}")
-    if k < 1:
-        raise ValueError(f"k must be an int >= 1; received {k}")
+    k = _validate.integer("k", k, 1)
     t = _true_labels(y_true)
     s = _array("scores", scores)
     if s.ndim != 2 or s.shape[1] < 2:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import numbers
 
 from . import _validate
 
@@ -54,11 +53,7 @@ __all__ = [
 # argument checks (the error style of fusedtrain._validate)
 # ---------------------------------------------------------------------------
 def _int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {low}; received {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be an int >= {low}; received {value}")
-    return int(value)
+    return _validate.integer(name, value, low)
 
 
 def _lr(name: str, value) -> float:
