@@ -27,14 +27,19 @@ class NotAnInt(TypeError, ValueError):
     training loop's checks always raised."""
 
 
-def integer(name: str, value, low: int | None = None, high: int | None = None) -> int:
-    """An int (not a bool; NumPy integers accepted) in [low, high]."""
+def integer(name: str, value, low: int | None = None, high: int | None = None, *,
+            or_none: bool = False):
+    """An int (not a bool; NumPy integers accepted) in [low, high]; with
+    ``or_none``, None too (returned as it is)."""
     if type(value) is not int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
-        raise NotAnInt(f"{name} must be an int{_bounds(low, high)}; received "
-                        f"{type(value).__name__} {value!r}")
+        if or_none and value is None:
+            return None
+        raise NotAnInt(f"{name} must be an int{_bounds(low, high)}{' or None' * or_none}; "
+                       f"received {type(value).__name__} {value!r}")
     v = int(value)
     if (low is not None and v < low) or (high is not None and v > high):
-        raise ValueError(f"{name} must be an int{_bounds(low, high)}; received {v!r}")
+        raise ValueError(f"{name} must be an int{_bounds(low, high)}{' or None' * or_none}; "
+                         f"received {v!r}")
     return v
 
 

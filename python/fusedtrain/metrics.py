@@ -124,10 +124,7 @@ def _classes(y_true, y_pred, num_classes, threshold, name_pred: str = "y_pred"):
         else:
             c = int(max(t.max(), p.max())) + 1
     else:
-        try:
-            c = _validate.integer("num_classes", num_classes, 1)
-        except (TypeError, ValueError) as exc:  # say that None is allowed too
-            raise type(exc)(str(exc).replace("int >= 1", "int >= 1 or None", 1)) from None
+        c = _validate.integer("num_classes", num_classes, 1, or_none=True)
         _check_below("y_true", t, c, f"num_classes={c}")
         _check_below(name_pred, p, c, f"num_classes={c}")
     return t, p, c
