@@ -239,6 +239,29 @@ def test_identity_without_bias_is_the_gemm():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_none_and_linear_are_identity(dtype):
+    """activation=None and "linear" are the identity, forward and backward,
+    as in nn.Dense; "linear" is listed in ACTIVATIONS and in the error."""
+    from fusedtrain._ops_dense import ACTIVATIONS
+    from fusedtrain.nn import ACTIVATIONS as LAYER_ACTIVATIONS
+
+    assert "linear" in ACTIVATIONS and ACTIVATIONS == LAYER_ACTIVATIONS
+    x, w, b = layer(rng_for("linear"), 9, 5, 7, dtype, bias=True)
+    want, saved = ops.dense_forward(x, w, b, "identity")
+    dy = np.asarray(rng_for("linear-dy").standard_normal(want.shape), dtype=dtype)
+    grads = ops.dense_backward(dy, x, w, saved, "identity")
+    for act in (None, "linear"):
+        y, s = ops.dense_forward(x, w, b, act)
+        assert s is None and np.array_equal(y, want), act
+        for got, exp in zip(ops.dense_backward(dy, x, w, s, act), grads):
+            assert np.array_equal(got, exp), act
+    with pytest.raises(ValueError, match=r"'linear', 'identity', .* or None \(linear\); received 'swish'"):
+        ops.dense_forward(x, w, b, "swish")
+    with pytest.raises(TypeError, match="negative_slope"):
+        ops.dense_forward(x, w, b, None, negative_slope=0.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_softmax_rows_sum_to_one(dtype):
     x, w, b = layer(rng_for("softmax", np.dtype(dtype).name), 1000, 33, 1000, dtype, scale=3.0)
     y, saved = ops.dense_forward(x, w, b, "softmax")
@@ -617,7 +640,7 @@ FWD_BAD = {
     "out read-only": (spoil_fwd(out=lambda a: readonly(a["out"])), "out", ValueError),
     # activation
     "unknown activation": (spoil_fwd(activation="swish"), "activation", ValueError),
-    "activation None": (spoil_fwd(activation=None), "activation", ValueError),
+    "activation a number": (spoil_fwd(activation=0), "activation", ValueError),
     "relu takes no negative_slope": (spoil_fwd(kw={"negative_slope": 0.1}), "negative_slope",
                                      TypeError),
     "relu takes no approximate": (spoil_fwd(kw={"approximate": "tanh"}), "approximate", TypeError),

@@ -21,14 +21,19 @@ __all__ = ["dense_forward", "dense_backward", "ACTIVATIONS"]
 _IDENTITY, _RELU, _LEAKY, _SIGMOID, _TANH, _GELU_ERF, _GELU_TANH, _SOFTMAX = range(8)
 _CODES = {"identity": _IDENTITY, "linear": _IDENTITY, "relu": _RELU, "leaky_relu": _LEAKY,
           "sigmoid": _SIGMOID, "tanh": _TANH, "gelu": _GELU_ERF, "softmax": _SOFTMAX}
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "softmax")
+#: the activation names; None is "linear", the same as "identity" (no
+#: activation), as in :class:`fusedtrain.nn.Dense` (the same tuple)
+ACTIVATIONS = ("linear", "identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "softmax")
 
 
-def activation_code(activation: str, negative_slope: float = 0.01, approximate: str = "none"):
-    """(code, slope) of an activation name and its keyword arguments."""
+def activation_code(activation, negative_slope: float = 0.01, approximate: str = "none"):
+    """(code, slope) of an activation name (or None: linear) and its keyword
+    arguments."""
+    if activation is None:
+        activation = "linear"
     if not isinstance(activation, str) or activation not in _CODES:
-        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))}; "
-                         f"received {activation!r}")
+        raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))} or "
+                         f"None (linear); received {activation!r}")
     code = _CODES[activation]
     slope = 0.0
     if code == _LEAKY:
@@ -42,11 +47,11 @@ def activation_code(activation: str, negative_slope: float = 0.01, approximate: 
 
 # (code, slope) of each name called without keyword arguments: the common
 # call, looked up without the checks below (half a microsecond a call)
-_PLAIN = {name: activation_code(name) for name in _CODES}
+_PLAIN = {name: activation_code(name) for name in (*_CODES, None)}
 
 
 def _act_kwargs(activation, kw):
-    if not kw and type(activation) is str:
+    if not kw and (activation is None or type(activation) is str):
         plain = _PLAIN.get(activation)
         if plain is not None:
             return plain
@@ -63,8 +68,9 @@ def dense_forward(x, w, b=None, activation="identity", out=None, **act_kwargs):
 
     x is (B, in), w is (in, out), b is (out,) or None; y is (B, out), written
     to ``out`` when given. ``saved`` is what :func:`dense_backward` needs:
-    None for identity, the pre-activation for gelu, y itself otherwise.
-    Activations: identity, relu, leaky_relu (``negative_slope=0.01``, >= 0),
+    None for linear / identity, the pre-activation for gelu, y itself
+    otherwise. Activations (:data:`ACTIVATIONS`): None, "linear" and
+    "identity" (the same: no activation), relu, leaky_relu (``negative_slope=0.01``, >= 0),
     sigmoid, tanh, gelu (``approximate="none"`` or ``"tanh"``), softmax
     (row-wise).
     """
@@ -86,6 +92,7 @@ def dense_backward(dy, x, w, saved, activation="identity", need_dx=True, dw_out=
     accumulate=True dw and db are added to them (gradient accumulation).
     ``workspace`` is an optional (B, out) scratch buffer for dz (reused
     across batches, nothing is allocated per call when all are given).
+    ``activation`` as in :func:`dense_forward` (None: linear).
     """
     code, slope = _act_kwargs(activation, act_kwargs)
     return module_for(dy, "dy").dense_backward(
