@@ -99,3 +99,54 @@ def test_kernels_run_single_threaded(restore_threads):
     p, g = np.ones(100_000), np.full(100_000, 2.0)
     fusedtrain.ops.sgd_(p, g, step=1, lr=0.5)
     assert (p == 0.0).all()
+
+
+class _FakeCuda:
+    """A stand-in for fusedtrain._cuda whose device query returns ``status``."""
+
+    def __init__(self, **status):
+        self._status = status
+
+    def status(self):
+        return dict(self._status)
+
+    def is_available(self):
+        return self._status["device_count"] > 0
+
+
+@pytest.mark.parametrize("code,raw,words", [
+    (35, "CUDA driver version is insufficient for CUDA runtime version",
+     "no CUDA driver (or one older than this build's CUDA runtime 12.4)"),
+    (100, "no CUDA-capable device is detected", "no CUDA device"),
+    (34, "CUDA driver is a stub library", "no CUDA driver (only its stub library was found)"),
+    (999, "unknown error", "unknown CUDA error"),
+    (12345, "something new", "CUDA error 12345: something new"),
+])
+def test_cuda_status_in_plain_words_with_the_raw_text_kept(monkeypatch, code, raw, words):
+    from fusedtrain import backend
+
+    monkeypatch.setattr(backend, "_cuda", _FakeCuda(device_count=0, error=code, message=raw,
+                                                    runtime_version=12040))
+    info = fusedtrain.build_info()
+    status = info["cuda_status"]
+    assert info["cuda_built"] is True and info["cuda_available"] is False
+    assert status["message"].startswith(words)
+    assert status["runtime_message"] == raw
+    assert status["error"] == code and status["device_count"] == 0
+    assert status["runtime_version"] == 12040
+
+
+def test_cuda_status_with_devices_and_without_any(monkeypatch):
+    from fusedtrain import backend
+
+    monkeypatch.setattr(backend, "_cuda", _FakeCuda(device_count=2, error=0, message="",
+                                                    runtime_version=12080))
+    status = fusedtrain.build_info()["cuda_status"]
+    assert status["message"] == "" and status["runtime_message"] == "" and status["device_count"] == 2
+    monkeypatch.setattr(backend, "_cuda", _FakeCuda(device_count=0, error=0, message="",
+                                                    runtime_version=12080))
+    assert fusedtrain.build_info()["cuda_status"]["message"] == "no CUDA device"
+    monkeypatch.setattr(backend, "_cuda", None)
+    monkeypatch.setattr(backend, "_cuda_import_error", None)
+    status = fusedtrain.build_info()["cuda_status"]
+    assert status == {"error": "built without CUDA", "message": "built without CUDA"}

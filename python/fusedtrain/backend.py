@@ -73,6 +73,54 @@ def get_num_threads() -> int:
     return _core.get_num_threads()
 
 
+# The device query's CUDA error codes (cudaError_t) in plain words: what a
+# user without a GPU (or with a broken setup) needs to read, instead of the
+# runtime's text ("CUDA driver version is insufficient for CUDA runtime
+# version" is what a machine with no driver at all gets).
+_CUDA_ERRORS = {
+    2: "out of memory while starting CUDA",
+    3: "the CUDA driver failed to initialise",
+    34: "no CUDA driver (only its stub library was found)",
+    35: "no CUDA driver (or one older than this build's CUDA runtime {runtime})",
+    46: "the CUDA devices are busy or unavailable (exclusive-process mode?)",
+    100: "no CUDA device",
+    101: "no CUDA device among those CUDA_VISIBLE_DEVICES names",
+    222: "the CUDA driver is older than this build's CUDA runtime {runtime} (PTX too new)",
+    803: "the CUDA driver and its kernel module have different versions (reboot or reinstall)",
+    804: "this GPU does not support CUDA forward compatibility (driver older than runtime {runtime})",
+    999: "unknown CUDA error (often missing GPU device nodes, e.g. a container started without them)",
+}
+
+
+def _runtime_name(version) -> str:
+    """CUDART_VERSION (12040) as "12.4"."""
+    if isinstance(version, int) and version > 0:
+        return f"{version // 1000}.{version % 1000 // 10}"
+    return "unknown"
+
+
+def _cuda_status(raw: dict) -> dict:
+    """The device query's result for build_info: ``device_count``, ``error``
+    (the cudaError_t code, 0 for none), ``message`` (in plain words: "no
+    CUDA driver", "no CUDA device", ...; empty when devices were found),
+    ``runtime_message`` (the CUDA runtime's own text for the code, kept as
+    it is) and ``runtime_version`` (CUDART_VERSION, e.g. 12040)."""
+    out = dict(raw)
+    code, count = out.get("error", 0), out.get("device_count", 0)
+    out["runtime_message"] = out.get("message", "")
+    runtime = _runtime_name(out.get("runtime_version"))
+    if isinstance(code, int) and code in _CUDA_ERRORS:
+        words = _CUDA_ERRORS[code].format(runtime=runtime)
+    elif code:
+        words = f"CUDA error {code}: {out['runtime_message'] or 'no description'}"
+    elif not count:
+        words = "no CUDA device"
+    else:
+        words = ""
+    out["message"] = words
+    return out
+
+
 def build_info() -> dict:
     """What this build is and what it found at run time.
 
@@ -80,7 +128,12 @@ def build_info() -> dict:
     CPU: ``avx512f``, ``avx2`` or ``baseline``), ``num_threads``, ``openmp``
     (the OpenMP version date), ``compiler``, ``cuda_built``, ``cuda_blas_built``
     (the dense layers' module on cuBLASLt),
-    ``cuda_available`` and ``cuda_status`` (the device query's result).
+    ``cuda_available`` and ``cuda_status``: the device query's result,
+    ``device_count``, ``error`` (the CUDA error code), ``message`` (why no
+    device is usable, in plain words: "no CUDA driver", "no CUDA device",
+    ...), ``runtime_message`` (the CUDA runtime's own text) and
+    ``runtime_version``; without the CUDA module, ``error`` and ``message``
+    say why (built without CUDA, or its import error).
     """
     info = {"version": __version__}
     info.update(_core.build_info())
@@ -90,9 +143,10 @@ def build_info() -> dict:
     info["cuda_blas_built"] = importlib.util.find_spec("fusedtrain._cuda_blas") is not None
     info["cuda_available"] = cuda_available()
     if _cuda is not None:
-        info["cuda_status"] = dict(_cuda.status())
+        info["cuda_status"] = _cuda_status(dict(_cuda.status()))
     else:
-        info["cuda_status"] = {"error": _cuda_import_error or "built without CUDA"}
+        why = _cuda_import_error or "built without CUDA"
+        info["cuda_status"] = {"error": why, "message": why}
     return info
 
 
