@@ -710,3 +710,85 @@ def test_edited_hyperparameter_is_checked_again():
     with pytest.raises(ValueError, match=r"betas\[0\]"):
         opt.step([np.ones(3, np.float32)])
     assert _validate.grad_scale(1.0) == 1.0
+
+
+# ---------------------------------------------------------------------------
+# constructors: explicit hyperparameters, lr positional, shared options once
+# ---------------------------------------------------------------------------
+_TORCH_POSITIONAL = {
+    "sgd": ["lr", "momentum", "dampening", "weight_decay", "nesterov"],
+    "adam": ["lr", "betas", "eps", "weight_decay", "amsgrad"],
+    "adamw": ["lr", "betas", "eps", "weight_decay", "amsgrad"],
+    "rmsprop": ["lr", "alpha", "eps", "weight_decay", "momentum", "centered"],
+    "adagrad": ["lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps"],
+}
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_signature_lists_the_hyperparameters_with_their_defaults(spec):
+    import inspect
+
+    P = inspect.Parameter
+    params = inspect.signature(spec.cls).parameters
+    names = list(params)
+    assert names[0] == "params" and params["params"].kind is P.POSITIONAL_OR_KEYWORD
+    assert names[-1] == "options" and params["options"].kind is P.VAR_KEYWORD
+    listed = {k: p.default for k, p in params.items() if k not in ("params", "options")}
+    assert listed == spec.cls.defaults_
+    assert list(listed) == list(spec.cls.defaults_)
+    # torch's positional hyperparameters in torch's order; the rest keyword-only
+    positional = [k for k, p in params.items() if p.kind is P.POSITIONAL_OR_KEYWORD][1:]
+    assert positional == _TORCH_POSITIONAL[spec.name]
+    assert positional[0] == "lr"
+    for k in ("maximize", "l1"):
+        assert params[k].kind is P.KEYWORD_ONLY
+    # the shared options are written once, in the base class
+    shared = set(inspect.signature(optim.Optimizer).parameters) - {"params", "hyperparameters"}
+    assert shared == {"master_weights", "state_dtype", "stochastic_rounding", "seed"}
+    assert not shared & set(params)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=repr)
+def test_lr_positional_as_in_torch(spec):
+    p = np.zeros(3, np.float32)
+    a = spec.cls([p], 0.125)
+    b = spec.cls([p.copy()], lr=0.125)
+    assert a.param_groups[0]["lr"] == b.param_groups[0]["lr"] == 0.125
+    assert a.defaults == b.defaults
+    g = np.ones(3, np.float32)
+    a.step([g])
+    b.step([g])
+    np.testing.assert_array_equal(a.params[0], b.params[0])
+
+
+def test_every_positional_hyperparameter_and_the_options():
+    p = np.zeros(4, np.float32)
+    opt = optim.SGD([p], 0.5, 0.9, 0.1, 0.01, False)
+    assert {k: opt.defaults[k] for k in ("lr", "momentum", "dampening", "weight_decay", "nesterov")} \
+        == dict(lr=0.5, momentum=0.9, dampening=0.1, weight_decay=0.01, nesterov=False)
+    bf16 = __import__("ml_dtypes").bfloat16
+    opt = optim.AdamW([np.zeros(4, bf16)], 1e-2, master_weights=True, state_dtype="bfloat16",
+                      stochastic_rounding=True, seed=3)
+    assert opt.defaults["weight_decay"] == 1e-2 and opt.defaults["lr"] == 1e-2
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['momentum'\].*"
+                                        r"'master_weights'"):
+        optim.Adam([p], momentum=0.9)
+    with pytest.raises(TypeError):
+        optim.Adam([p], 1e-3, (0.9, 0.999), 1e-8, 0.0, False, False)  # maximize is keyword-only
+
+
+def test_a_subclass_defaults_come_from_its_signature():
+    class Plain(optim.SGD):
+        def __init__(self, params, lr=0.25, momentum=0.5, *, nesterov=True, **options):
+            super().__init__(params, lr, momentum, nesterov=nesterov, **options)
+
+    assert Plain.defaults_ == {**optim.SGD.defaults_, "lr": 0.25, "momentum": 0.5,
+                               "nesterov": True}
+    p = np.ones(2)
+    opt = Plain([p])
+    opt.step([np.ones(2)])
+    np.testing.assert_array_equal(p, 1 - 0.25 * (1 + 0.5))  # Nesterov's first step
+    with pytest.raises(TypeError, match="needs a default"):
+        class NoDefault(optim.SGD):  # noqa: F841
+            def __init__(self, params, lr, **options):
+                super().__init__(params, lr, **options)

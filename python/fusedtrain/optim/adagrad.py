@@ -1,22 +1,33 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .. import _validate as V
-from .base import Optimizer
+from .base import Optimizer, Options
+
+if TYPE_CHECKING:
+    from typing import Unpack  # Python 3.11; the annotations are never evaluated
 
 
 class Adagrad(Optimizer):
     """Adagrad (Duchi et al., 2011) with learning-rate decay, as
     torch.optim.Adagrad; update rule in :func:`fusedtrain.ops.adagrad_`.
 
-    Defaults: lr=1e-2, lr_decay=0, weight_decay=0,
-    initial_accumulator_value=0, eps=1e-10, maximize=False, l1=0. State:
-    ``sum``, starting at initial_accumulator_value.
+    Defaults (torch's): lr=1e-2, lr_decay=0, weight_decay=0,
+    initial_accumulator_value=0, eps=1e-10, maximize=False; l1=0
+    (fusedtrain's L1 term). ``**options``: the mixed-precision keywords of
+    :class:`~fusedtrain.optim.Optimizer`. State: ``sum``, starting at
+    initial_accumulator_value.
     """
 
-    defaults_ = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0,
-                     eps=1e-10, maximize=False, l1=0.0)
-
     _kernel = "adagrad"
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10, *, maximize=False, l1=0.0,
+                 **options: Unpack[Options]):
+        super().__init__(params, lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                         initial_accumulator_value=initial_accumulator_value, eps=eps,
+                         maximize=maximize, l1=l1, **options)
 
     def _hyper(self, group):
         h = V.adagrad(group["lr"], group["lr_decay"], group["weight_decay"], group["eps"],

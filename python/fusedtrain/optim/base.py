@@ -4,20 +4,38 @@ torch-compatible state_dict / load_state_dict.
 Layout, top-down: ``cli -> train -> nn / optim -> ops -> backend -> _core /
 _cuda``. Every step goes through :func:`fusedtrain.ops.fused_step` (one call
 per parameter group), as the torch adapter's do. A subclass names its
-hyperparameters and defaults (``defaults_``) and its kernel (``_kernel``),
-and implements the hooks that :mod:`fusedtrain.torch`'s base class has too,
-with the same names and meanings: ``_hyper(group)`` (the validated
-hyperparameters), ``_state_names(h)`` and ``_initial_value(name, h)``.
+hyperparameters and defaults (its ``__init__``'s signature, from which
+``defaults_`` is read) and its kernel (``_kernel``), and implements the
+hooks that :mod:`fusedtrain.torch`'s base class has too, with the same
+names and meanings: ``_hyper(group)`` (the validated hyperparameters),
+``_state_names(h)`` and ``_initial_value(name, h)``.
+
+Constructors. Each optimizer's ``__init__`` lists its hyperparameters
+explicitly, with torch.optim's defaults and torch's positional order (``lr``
+second, as in ``Adam(params, 1e-3)``), so that help(), IDEs and
+``inspect.signature`` show them; the signature is the one place those
+defaults are written: ``defaults_`` is read from it when the class is
+defined (:meth:`Optimizer.__init_subclass__`). The mixed-precision keywords
+that every optimizer shares (``master_weights``, ``state_dtype``,
+``stochastic_rounding``, ``seed``) are written once, here: each subclass
+takes them as ``**options`` (typed :class:`Options`, which type checkers and
+IDEs expand into the keywords) and hands them to this base class, which
+owns their defaults and their checks. Writing them out in every constructor
+(as keras does) would repeat four keywords, their defaults and their
+documentation five times; a generated signature would be invisible to
+static tools.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import numbers
 import operator
 import re
 import threading
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -25,7 +43,20 @@ from .. import _validate as V
 from .. import backend as B
 from ..ops import fused_step
 
-__all__ = ["Optimizer"]
+if TYPE_CHECKING:  # typing.Unpack: Python 3.11 (annotations are never evaluated here)
+    from typing import Unpack  # noqa: F401
+
+__all__ = ["Optimizer", "Options"]
+
+
+class Options(TypedDict, total=False):
+    """The keyword arguments every optimizer takes besides its
+    hyperparameters (mixed precision; see :class:`Optimizer`)."""
+
+    master_weights: bool
+    state_dtype: str
+    stochastic_rounding: bool
+    seed: int
 
 _ITEM = re.compile(r"\b(params|grads|exp_avg|exp_avg_sq|max_exp_avg_sq|momentum_buffer|square_avg"
                    r"|grad_avg|state_sum|master_params)\[(\d+)\]")
@@ -93,10 +124,32 @@ class Optimizer:
     skips the step (nothing changes, the step count included).
     """
 
-    #: hyperparameter names and torch's defaults, set by each subclass
+    #: hyperparameter names and torch's defaults: read from each subclass's
+    #: ``__init__`` signature (a subclass without an ``__init__`` of its own
+    #: may set it instead, and take its hyperparameters as keywords)
     defaults_: dict = {}
     #: the kernel of fusedtrain.ops.fused_step, set by each subclass
     _kernel: str = ""
+
+    def __init_subclass__(cls, **kwargs):
+        """``defaults_`` from the subclass's own ``__init__``: every parameter
+        after ``params`` but ``**options``, with its default, then those of
+        the parent class's ``defaults_`` that the signature does not list (a
+        subclass that narrows its signature still passes them on)."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        defaults = {}
+        for name, p in list(inspect.signature(init).parameters.items())[2:]:
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                continue
+            if p.kind is inspect.Parameter.VAR_POSITIONAL or p.default is inspect.Parameter.empty:
+                raise TypeError(f"{cls.__name__}.__init__: hyperparameter {name!r} needs a default "
+                                "(the signature gives defaults_)")
+            defaults[name] = p.default
+        inherited = getattr(super(cls, cls), "defaults_", {})
+        cls.defaults_ = {**defaults, **{k: v for k, v in inherited.items() if k not in defaults}}
 
     def __init__(self, params, *, master_weights=False, state_dtype="float32",
                  stochastic_rounding=False, seed=0, **hyperparameters):
@@ -115,8 +168,9 @@ class Optimizer:
         unknown = set(hyperparameters) - set(self.defaults_)
         if unknown:
             raise TypeError(
-                f"{type(self).__name__}() got unexpected hyperparameters {sorted(unknown)}; "
-                f"expected some of {sorted(self.defaults_)}"
+                f"{type(self).__name__}() got unexpected keyword arguments {sorted(unknown)}; "
+                f"expected some of {sorted(self.defaults_)} (hyperparameters) or "
+                f"{sorted(Options.__annotations__)} (options)"
             )
         self.defaults = {**self.defaults_, **hyperparameters}
         self._hyper(self.defaults)
