@@ -13,9 +13,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -97,3 +95,17 @@ def test_cuda_stub_matches_built_module(module):
     except ImportError:
         pytest.skip(f"fusedtrain.{module} is not built")
     assert stub_names(module) == module_names(mod)
+
+
+def test_user_script_passes_mypy_strict(tmp_path):
+    """``mypy --strict`` over a typed user script: the public signatures type
+    it, and its assert_type checks fail if a fusedtrain call gives ``Any``
+    (--strict alone would let an ``Any`` result pass silently)."""
+    api = pytest.importorskip("mypy.api")
+    args = ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "mypy_cache"),
+            "--python-executable", sys.executable, "--no-error-summary",
+            "--show-error-codes", str(USER_SCRIPT)]
+    start = time.perf_counter()
+    out, err, status = api.run(args)
+    took = time.perf_counter() - start
+    assert status == 0, f"mypy {' '.join(args)} ({took:.1f} s):\n{out}{err}"

@@ -17,8 +17,18 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING, overload
+
 from . import _validate as V
 from .backend import is_array, module_for
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from numpy.typing import NDArray
+
+    from .ops import Arrays, GpuArray
 
 __all__ = ["global_norm", "clip_grad_norm_", "clip_grad_value_"]
 
@@ -57,7 +67,11 @@ def _module(first):
         raise
 
 
-def global_norm(grads, norm_type=2.0):
+@overload
+def global_norm(grads: NDArray[Any] | Sequence[NDArray[Any]], norm_type: float = 2.0) -> float: ...
+@overload
+def global_norm(grads: GpuArray | Sequence[GpuArray], norm_type: float = 2.0) -> GpuArray: ...
+def global_norm(grads: Arrays, norm_type: float = 2.0) -> float | GpuArray:
     """The ``norm_type``-norm of all elements of ``grads`` taken together.
 
     ``||g||_p = (sum over every element x of every array |x|^p)^(1/p)``;
@@ -88,7 +102,17 @@ def _nonfinite_error(p: float) -> RuntimeError:
         "error_if_nonfinite=False to scale them by the non-finite norm anyway, as torch does")
 
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
+@overload
+def clip_grad_norm_(grads: NDArray[Any] | Sequence[NDArray[Any]], max_norm: float,
+                    norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    foreach: bool | None = None) -> float: ...
+@overload
+def clip_grad_norm_(grads: GpuArray | Sequence[GpuArray], max_norm: float,
+                    norm_type: float = 2.0, error_if_nonfinite: bool = False,
+                    foreach: bool | None = None) -> GpuArray: ...
+def clip_grad_norm_(grads: Arrays, max_norm: float, norm_type: float = 2.0,
+                    error_if_nonfinite: bool = False,
+                    foreach: bool | None = None) -> float | GpuArray:
     """Scale ``grads`` in place so that their global norm is at most ``max_norm``.
 
     As torch.nn.utils.clip_grad_norm_::
@@ -134,7 +158,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False, fo
     return total
 
 
-def clip_grad_value_(grads, clip_value, foreach=None):
+def clip_grad_value_(grads: Arrays, clip_value: float, foreach: bool | None = None) -> None:
     """Clamp every element of ``grads`` to ``[-clip_value, clip_value]`` in place.
 
     As torch.nn.utils.clip_grad_value_: ``g = clamp(g, -clip_value,

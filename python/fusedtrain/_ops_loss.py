@@ -22,9 +22,15 @@ Re-exported by :mod:`fusedtrain.ops`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, overload
 
 from . import _validate as V
 from .backend import module_for
+
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from .ops import Array, ArrayT
 
 __all__ = ["softmax_cross_entropy", "bce_with_logits", "mse", "dropout", "dropout_backward"]
 
@@ -45,8 +51,25 @@ def _integer(name: str, value, low: int, high: int) -> int:
     return V.integer(name, value, low, high - 1)
 
 
-def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, label_smoothing=0.0,
-                          reduction="mean", out=None):
+@overload
+def softmax_cross_entropy(logits: ArrayT, labels: Array, weight: ArrayT | None = None,
+                          ignore_index: int = -100, label_smoothing: float = 0.0,
+                          reduction: Literal["mean", "sum"] = "mean",
+                          out: ArrayT | None = None) -> tuple[float, ArrayT]: ...
+@overload
+def softmax_cross_entropy(logits: ArrayT, labels: Array, weight: ArrayT | None = None,
+                          ignore_index: int = -100, label_smoothing: float = 0.0, *,
+                          reduction: Literal["none"],
+                          out: ArrayT | None = None) -> tuple[ArrayT, ArrayT]: ...
+@overload
+def softmax_cross_entropy(logits: ArrayT, labels: Array, weight: ArrayT | None = None,
+                          ignore_index: int = -100, label_smoothing: float = 0.0,
+                          reduction: str = "mean",
+                          out: ArrayT | None = None) -> tuple[float | ArrayT, ArrayT]: ...
+def softmax_cross_entropy(logits: ArrayT, labels: Array, weight: ArrayT | None = None,
+                          ignore_index: int = -100, label_smoothing: float = 0.0,
+                          reduction: str = "mean",
+                          out: ArrayT | None = None) -> tuple[float | ArrayT, ArrayT]:
     """Softmax cross-entropy with integer labels, forward and backward in one pass.
 
     ``logits`` is (N, C); ``labels`` is (N,) of any integer dtype, each in
@@ -87,7 +110,14 @@ def softmax_cross_entropy(logits, labels, weight=None, ignore_index=-100, label_
                                                            red)
 
 
-def bce_with_logits(logits, targets, reduction="mean"):
+@overload
+def bce_with_logits(logits: ArrayT, targets: ArrayT,
+                    reduction: Literal["mean", "sum"] = "mean") -> tuple[float, ArrayT]: ...
+@overload
+def bce_with_logits(logits: ArrayT, targets: ArrayT, reduction: Literal["none"]) -> tuple[ArrayT, ArrayT]: ...
+@overload
+def bce_with_logits(logits: ArrayT, targets: ArrayT, reduction: str = "mean") -> tuple[float | ArrayT, ArrayT]: ...
+def bce_with_logits(logits: ArrayT, targets: ArrayT, reduction: str = "mean") -> tuple[float | ArrayT, ArrayT]:
     """Binary cross-entropy on logits, forward and backward.
 
     Per element, in the stable form of ``torch.nn.functional.binary_cross_entropy_with_logits``::
@@ -105,7 +135,14 @@ def bce_with_logits(logits, targets, reduction="mean"):
     return module_for(logits, "logits").bce_with_logits(logits, targets, red)
 
 
-def mse(pred, target, reduction="mean"):
+@overload
+def mse(pred: ArrayT, target: ArrayT,
+        reduction: Literal["mean", "sum"] = "mean") -> tuple[float, ArrayT]: ...
+@overload
+def mse(pred: ArrayT, target: ArrayT, reduction: Literal["none"]) -> tuple[ArrayT, ArrayT]: ...
+@overload
+def mse(pred: ArrayT, target: ArrayT, reduction: str = "mean") -> tuple[float | ArrayT, ArrayT]: ...
+def mse(pred: ArrayT, target: ArrayT, reduction: str = "mean") -> tuple[float | ArrayT, ArrayT]:
     """Mean squared error, forward and backward (``torch.nn.functional.mse_loss``)::
 
         loss = (pred - target) ** 2
@@ -118,7 +155,8 @@ def mse(pred, target, reduction="mean"):
     return module_for(pred, "pred").mse(pred, target, red)
 
 
-def dropout(x, p, seed, offset=0, out=None, mask_out=None):
+def dropout(x: ArrayT, p: float, seed: int, offset: int = 0, out: ArrayT | None = None,
+            mask_out: Array | None = None) -> tuple[ArrayT, Array]:
     """Inverted dropout with a counter-based mask: ``y = x * mask / (1 - p)``.
 
     Element ``i`` is dropped with probability ``p``, decided by word ``i % 4``
@@ -148,7 +186,7 @@ def dropout(x, p, seed, offset=0, out=None, mask_out=None):
     return module_for(x, "x").dropout(x, p, seed, offset, out, mask_out)
 
 
-def dropout_backward(dy, mask, p, out=None):
+def dropout_backward(dy: ArrayT, mask: Array, p: float, out: ArrayT | None = None) -> ArrayT:
     """Gradient of :func:`dropout`: ``dx = dy * mask / (1 - p)``.
 
     ``mask`` is the bool array :func:`dropout` returned (uint8 0/1 is

@@ -25,8 +25,8 @@ class History:
     """Per-epoch records: ``history.history["loss"]``, ``["val_accuracy"]``,
     ``["lr"]``, ``["time"]``, ..."""
 
-    def __init__(self):
-        self.history: dict[str, list] = {}
+    def __init__(self) -> None:
+        self.history: dict[str, list[float]] = {}
         self.epochs: list[int] = []
 
     def append(self, epoch: int, logs: dict) -> None:
@@ -34,7 +34,7 @@ class History:
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
 
     def plot(self, path) -> None:
@@ -240,8 +240,8 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by more than ``min_delta`` for
     ``patience`` epochs; with restore_best, put back the best epoch's weights."""
 
-    def __init__(self, monitor="val_loss", patience=5, min_delta=0.0, mode="auto",
-                 restore_best=True):
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
+                 mode: str = "auto", restore_best: bool = True) -> None:
         self.monitor = monitor
         self.patience = V.integer("patience", patience, 0)
         self.min_delta = V.at_least("min_delta", min_delta)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from . import amp as _amp
 from . import optim as _optim
 from .callbacks import History
 from .train import TrainState
+
+if TYPE_CHECKING:  # the types of the public signatures (never evaluated at run time)
+    from .nn.model import Sequential
 
 __all__ = ["save", "load", "FORMAT", "VERSION"]
 
@@ -65,7 +69,8 @@ def _dropouts(model):
 # ---------------------------------------------------------------------------
 # save
 # ---------------------------------------------------------------------------
-def save(path, model, optimizer=None) -> None:
+def save(path: str | os.PathLike[str], model: Sequential,
+         optimizer: _optim.Optimizer | None = None) -> None:
     """Write ``model`` and its training state to ``path`` (``optimizer``,
     default the state's, is saved as the state's optimizer; it must step
     the model's parameters). The model is not changed."""
@@ -367,7 +372,7 @@ def _optimizer(r, P, om, model):
     return opt, members
 
 
-def load(path, model) -> dict:
+def load(path: str | os.PathLike[str], model: Sequential) -> dict[str, object]:
     """Restore a checkpoint into ``model``: parameters, dropout streams and
     the whole :class:`fusedtrain.train.TrainState` (optimizer with its
     state, epoch, step, RNG, schedule, loss scaler, history), which replaces

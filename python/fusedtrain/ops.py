@@ -54,10 +54,33 @@ Keyword arguments every optimizer takes (loss scaling, mixed precision):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import _validate as V
 from .backend import CudaModule, computes_in_double, module_for
+
+if TYPE_CHECKING:  # the types of the public signatures (never evaluated at run time)
+    from collections.abc import Sequence
+    from typing import Any, Protocol, TypeVar, Union
+
+    from numpy.typing import NDArray
+
+    class GpuArray(Protocol):
+        """A GPU array: CuPy arrays, torch CUDA tensors."""
+
+        @property
+        def __cuda_array_interface__(self) -> dict[str, Any]: ...
+
+    #: an array the kernels take: a NumPy array or a GPU array
+    Array = Union[NDArray[Any], GpuArray]
+    #: one array or a list (tuple) of them
+    Arrays = Union[Array, Sequence[Array]]
+    #: an array whose type (NumPy or GPU, and dtype) a result keeps
+    ArrayT = TypeVar("ArrayT", bound=Array)
+    #: a NumPy dtype a result keeps
+    ScalarT = TypeVar("ScalarT", bound=np.generic)
 
 __all__ = ["sgd_", "adam_", "adamw_", "rmsprop_", "adagrad_"]
 
@@ -173,9 +196,12 @@ def _extras(params, step, grad_scale, found_inf, master_params, stochastic_round
     return out
 
 
-def sgd_(params, grads, momentum_buffer=None, *, step, lr=1e-3, momentum=0.0, dampening=0.0,
-         nesterov=False, weight_decay=0.0, maximize=False, l1=0.0, grad_scale=1.0, found_inf=None,
-         master_params=None, stochastic_rounding=False, seed=0, rng_offset=None):
+def sgd_(params: Arrays, grads: Arrays, momentum_buffer: Arrays | None = None, *, step: int,
+         lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
+         weight_decay: float = 0.0, maximize: bool = False, l1: float = 0.0,
+         grad_scale: float = 1.0, found_inf: bool | float | Array | None = None,
+         master_params: Arrays | None = None, stochastic_rounding: bool = False, seed: int = 0,
+         rng_offset: int | None = None) -> None:
     """Stochastic gradient descent with momentum, in place.
 
     Update (torch.optim.SGD)::
@@ -215,10 +241,13 @@ def _adam_or_adamw(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr,
                                 stochastic_rounding, seed, rng_offset))
 
 
-def adam_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
-          betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False, l1=0.0,
-          grad_scale=1.0, found_inf=None, master_params=None, stochastic_rounding=False, seed=0,
-          rng_offset=None):
+def adam_(params: Arrays, grads: Arrays, exp_avg: Arrays, exp_avg_sq: Arrays,
+          max_exp_avg_sq: Arrays | None = None, *, step: int, lr: float = 1e-3,
+          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+          weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False,
+          l1: float = 0.0, grad_scale: float = 1.0, found_inf: bool | float | Array | None = None,
+          master_params: Arrays | None = None, stochastic_rounding: bool = False, seed: int = 0,
+          rng_offset: int | None = None) -> None:
     """Adam, in place (Kingma & Ba, 2015; AMSGrad: Reddi et al., 2018).
 
     Update at step t (torch.optim.Adam)::
@@ -239,10 +268,13 @@ def adam_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1
                    master_params, stochastic_rounding, seed, rng_offset)
 
 
-def adamw_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=1e-3,
-           betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, maximize=False,
-           l1=0.0, grad_scale=1.0, found_inf=None, master_params=None, stochastic_rounding=False,
-           seed=0, rng_offset=None):
+def adamw_(params: Arrays, grads: Arrays, exp_avg: Arrays, exp_avg_sq: Arrays,
+           max_exp_avg_sq: Arrays | None = None, *, step: int, lr: float = 1e-3,
+           betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+           weight_decay: float = 1e-2, amsgrad: bool = False, maximize: bool = False,
+           l1: float = 0.0, grad_scale: float = 1.0, found_inf: bool | float | Array | None = None,
+           master_params: Arrays | None = None, stochastic_rounding: bool = False, seed: int = 0,
+           rng_offset: int | None = None) -> None:
     """AdamW, in place: Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
 
     As :func:`adam_`, except that weight decay scales the parameter instead
@@ -254,10 +286,13 @@ def adamw_(params, grads, exp_avg, exp_avg_sq, max_exp_avg_sq=None, *, step, lr=
                    master_params, stochastic_rounding, seed, rng_offset)
 
 
-def rmsprop_(params, grads, square_avg, grad_avg=None, momentum_buffer=None, *, lr=1e-2,
-             alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-             maximize=False, l1=0.0, grad_scale=1.0, found_inf=None, master_params=None,
-             stochastic_rounding=False, seed=0, rng_offset=None):
+def rmsprop_(params: Arrays, grads: Arrays, square_avg: Arrays, grad_avg: Arrays | None = None,
+             momentum_buffer: Arrays | None = None, *, lr: float = 1e-2, alpha: float = 0.99,
+             eps: float = 1e-8, weight_decay: float = 0.0, momentum: float = 0.0,
+             centered: bool = False, maximize: bool = False, l1: float = 0.0,
+             grad_scale: float = 1.0, found_inf: bool | float | Array | None = None,
+             master_params: Arrays | None = None, stochastic_rounding: bool = False,
+             seed: int = 0, rng_offset: int | None = None) -> None:
     """RMSProp, in place (Hinton, Lecture 6e; centered: Graves, 2013).
 
     Update (torch.optim.RMSprop)::
@@ -282,9 +317,12 @@ def rmsprop_(params, grads, square_avg, grad_avg=None, momentum_buffer=None, *, 
                        seed, rng_offset))
 
 
-def adagrad_(params, grads, state_sum, *, step, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
-             eps=1e-10, maximize=False, l1=0.0, grad_scale=1.0, found_inf=None,
-             master_params=None, stochastic_rounding=False, seed=0, rng_offset=None):
+def adagrad_(params: Arrays, grads: Arrays, state_sum: Arrays, *, step: int, lr: float = 1e-2,
+             lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
+             maximize: bool = False, l1: float = 0.0, grad_scale: float = 1.0,
+             found_inf: bool | float | Array | None = None, master_params: Arrays | None = None,
+             stochastic_rounding: bool = False, seed: int = 0,
+             rng_offset: int | None = None) -> None:
     """Adagrad, in place (Duchi et al., 2011).
 
     Update at step t (torch.optim.Adagrad)::
@@ -316,7 +354,8 @@ from ._ops_clip import clip_grad_norm_, clip_grad_value_, global_norm  # noqa: E
 __all__ += ["global_norm", "clip_grad_norm_", "clip_grad_value_"]
 
 
-def take_rows(src, idx, out):
+def take_rows(src: NDArray[ScalarT], idx: NDArray[np.int64],
+              out: NDArray[ScalarT]) -> NDArray[ScalarT]:
     """``out[i] = src[idx[i]]`` for every i, in place, and returns ``out``:
     the rows of a C-contiguous NumPy array ``src`` (numeric or bool) gathered
     on the kernels' threads (the training loop's batch gather). ``idx`` is a

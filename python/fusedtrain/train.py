@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,25 @@ from . import schedules as _schedules
 from .callbacks import (HOOKS, Callback, EarlyStopping, History, HistoryLogger, Hooks,
                         ModelCheckpoint, _Progress)
 from .nn import losses as _losses
+
+if TYPE_CHECKING:  # the types of the public signatures (never evaluated at run time)
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import Any, Literal, Union
+
+    from numpy.typing import ArrayLike, NDArray
+
+    from .nn.model import Sequential
+
+    #: a loss: a name of fusedtrain.nn.losses.get or a Loss
+    LossSpec = Union[str, _losses.Loss]
+    #: a metric: a name of fusedtrain.metrics.get or f(y_true, outputs) -> number
+    Metric = Union[str, Callable[[NDArray[Any], NDArray[Any]], float]]
+    Metrics = Union[str, Iterable[Metric], None]
+    #: a name of fusedtrain.schedules.get, a schedule, or f(step) -> lr
+    ScheduleSpec = Union[str, _schedules.Schedule, Callable[[int], float], None]
+    #: "dynamic", a static scale or a DynamicLossScaler
+    LossScaleSpec = Union[Literal["dynamic"], float, _amp.DynamicLossScaler, None]
+    Optimizer = _optim.Optimizer
 
 __all__ = ["fit", "evaluate", "predict", "cross_validate", "TrainState", "History", "Callback",
            "EarlyStopping", "ModelCheckpoint", "HistoryLogger", "ON_NONFINITE"]
@@ -140,7 +160,7 @@ def _lr(value):
     return v
 
 
-def _inputs(model, x, name="x"):
+def _inputs(model, x, name="x") -> NDArray[Any]:
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"{name}: expected a 2-d array (samples, features); received shape {x.shape}")
@@ -151,7 +171,7 @@ def _inputs(model, x, name="x"):
     return np.ascontiguousarray(x, dtype=model.dtype)
 
 
-def _targets(model, loss, x, y, name="y"):
+def _targets(model, loss, x, y, name="y") -> NDArray[Any]:
     y = np.asarray(y)
     if len(y) != len(x):
         raise ValueError(f"{name}: expected {len(x)} targets (one per sample of x); received {len(y)}")
@@ -629,11 +649,18 @@ class _Run:
         return state.history
 
 
-def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=None, epochs=10, batch_size=128,
-        shuffle=True, seed=0, validation_data=None, validation_split=None, metrics=("accuracy",),
-        schedule=None, callbacks=(), progress=True, clip_norm=None, accumulate_steps=1,
-        loss_scale=None, on_nonfinite="raise", verbose=None, sample_weight=None,
-        class_weight=None, initial_epoch=None):
+def fit(model: Sequential, x: ArrayLike, y: ArrayLike, loss: LossSpec = "cross_entropy",
+        optimizer: Optimizer | str | None = None, lr: float | None = None, epochs: int = 10,
+        batch_size: int = 128, shuffle: bool = True, seed: int = 0,
+        validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+        validation_split: float | None = None, metrics: Metrics = ("accuracy",),
+        schedule: ScheduleSpec = None, callbacks: Iterable[Callback] = (), progress: bool = True,
+        clip_norm: float | None = None, accumulate_steps: int = 1,
+        loss_scale: LossScaleSpec = None,
+        on_nonfinite: Literal["raise", "skip", "ignore"] = "raise",
+        verbose: int | Literal["auto"] | None = None, sample_weight: ArrayLike | None = None,
+        class_weight: Mapping[int, float] | Sequence[float] | None = None,
+        initial_epoch: int | None = None) -> History:
     """Train ``model`` on (x, y); returns the :class:`History` (also model.history).
 
     Every argument is checked before anything changes: a call that raises
@@ -742,7 +769,7 @@ def fit(model, x, y, loss="cross_entropy", optimizer=None, lr=None, epochs=10, b
         return run.train()
 
 
-def predict(model, x, batch_size=1024):
+def predict(model: Sequential, x: ArrayLike, batch_size: int = 1024) -> NDArray[np.floating[Any]]:
     """Model outputs (inference mode) for every row of x, as a new array.
 
     Safe to call from several threads on one model: the calls run one at a
@@ -765,8 +792,9 @@ def _predict(model, x, batch_size):
     return out
 
 
-def evaluate(model, x, y, loss="cross_entropy", metrics=("accuracy",), batch_size=1024,
-             sample_weight=None):
+def evaluate(model: Sequential, x: ArrayLike, y: ArrayLike, loss: LossSpec = "cross_entropy",
+             metrics: Metrics | Mapping[str, Metric] = ("accuracy",), batch_size: int = 1024,
+             sample_weight: ArrayLike | None = None) -> dict[str, float]:
     """{"loss": mean loss, metric: value, ...} on (x, y) in inference mode.
 
     sample_weight: None or (N,) weights; the loss is then

@@ -9,12 +9,20 @@ into the gradient views (no copies) and returns the gradient of its input.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .. import _validate as V
 from .. import ops
 from .._ops_dense import activation_code
 from . import init as _init
+
+if TYPE_CHECKING:  # the types of the public signatures (never evaluated at run time)
+    from collections.abc import Callable
+    from typing import Any
+
+    from numpy.typing import NDArray
 
 __all__ = ["Layer", "Dense", "Dropout", "ACTIVATIONS"]
 
@@ -116,8 +124,9 @@ class Dense(Layer):
     (or Keras's spelling ``use_bias=False``) leaves the bias out.
     """
 
-    def __init__(self, in_features, out_features, activation="identity", init=None, bias=True,
-                 use_bias=None, **act_kwargs):
+    def __init__(self, in_features: int, out_features: int, activation: str | None = "identity",
+                 init: str | Callable[..., NDArray[Any]] | None = None, bias: bool = True,
+                 use_bias: bool | None = None, **act_kwargs: Any) -> None:
         self.in_features = V.integer("in_features", in_features, 1)
         self.out_features = V.integer("out_features", out_features, 1)
         if activation is None:
@@ -197,7 +206,7 @@ class Dropout(Layer):
     checkpoint.
     """
 
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5) -> None:
         self.p = V.in_range("p", p, 0.0, 1.0, False)
         self.seed = 0
         self.offset = 0

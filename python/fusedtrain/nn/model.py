@@ -6,7 +6,20 @@ import threading
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from .layers import Dense, Dropout, Layer
+
+if TYPE_CHECKING:  # the types of the public signatures (never evaluated at run time)
+    import os
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any, Literal
+
+    from numpy.typing import ArrayLike, DTypeLike, NDArray
+
+    from ..callbacks import Callback, History
+    from ..optim import Optimizer
+    from ..train import LossScaleSpec, LossSpec, Metric, Metrics, ScheduleSpec
 
 __all__ = ["Sequential"]
 
@@ -21,7 +34,7 @@ class Sequential:
     Parameters are initialised from ``seed`` (a numpy Generator).
     """
 
-    def __init__(self, layers, dtype=np.float32, seed=0):
+    def __init__(self, layers: Iterable[Layer], dtype: DTypeLike = np.float32, seed: int = 0) -> None:
         layers = list(layers)
         if not layers:
             raise ValueError("layers: expected a non-empty list of layers, received an empty list")
@@ -114,32 +127,32 @@ class Sequential:
         self._lock = threading.RLock()
 
     # ---------------------------------------------------------- parameters
-    def parameters(self) -> list:
+    def parameters(self) -> list[NDArray[Any]]:
         """Per-layer parameter views (tiling ``param_arena``), in order."""
         return list(self._params)
 
-    def gradients(self) -> list:
+    def gradients(self) -> list[NDArray[Any]]:
         """Per-layer gradient views (tiling ``grad_arena``), in the order of parameters()."""
         return list(self._grads)
 
-    def named_parameters(self) -> list:
+    def named_parameters(self) -> list[tuple[str, NDArray[Any]]]:
         return list(zip(self._names, self._params))
 
     @property
-    def input_dim(self):
+    def input_dim(self) -> int | None:
         first = next((l for l in self.layers if isinstance(l, Dense)), None)
         return first.in_features if first else None
 
     @property
-    def output_dim(self):
+    def output_dim(self) -> int | None:
         last = next((l for l in reversed(self.layers) if isinstance(l, Dense)), None)
         return last.out_features if last else None
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         self.grad_arena.fill(0)
 
     # ------------------------------------------------------ forward/backward
-    def forward(self, x, training=False):
+    def forward(self, x: NDArray[Any], training: bool = False) -> NDArray[Any]:
         """The model's output for a batch x (B, in). Each layer keeps one
         output buffer (of the largest batch seen) and returns a view of its
         first B rows: copy what you keep. Not for concurrent use: fit,
@@ -150,7 +163,7 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy, accumulate=False):
+    def backward(self, dy: NDArray[Any], accumulate: bool = False) -> None:
         """Backpropagate d loss / d output; writes every gradient view (adds
         to them when accumulate=True). The first layer's dx is skipped."""
         last = len(self.layers) - 1
@@ -161,11 +174,18 @@ class Sequential:
                 break
 
     # ------------------------------------------------------------ training
-    def fit(self, x, y, loss="cross_entropy", optimizer=None, lr=None, epochs=10, batch_size=128,
-            shuffle=True, seed=0, validation_data=None, validation_split=None,
-            metrics=("accuracy",), schedule=None, callbacks=(), progress=True, clip_norm=None,
-            accumulate_steps=1, loss_scale=None, on_nonfinite="raise", verbose=None,
-            sample_weight=None, class_weight=None, initial_epoch=None):
+    def fit(self, x: ArrayLike, y: ArrayLike, loss: LossSpec = "cross_entropy",
+            optimizer: Optimizer | str | None = None, lr: float | None = None, epochs: int = 10,
+            batch_size: int = 128, shuffle: bool = True, seed: int = 0,
+            validation_data: tuple[ArrayLike, ArrayLike] | None = None,
+            validation_split: float | None = None, metrics: Metrics = ("accuracy",),
+            schedule: ScheduleSpec = None, callbacks: Iterable[Callback] = (), progress: bool = True,
+            clip_norm: float | None = None, accumulate_steps: int = 1,
+            loss_scale: LossScaleSpec = None,
+            on_nonfinite: Literal["raise", "skip", "ignore"] = "raise",
+            verbose: int | Literal["auto"] | None = None, sample_weight: ArrayLike | None = None,
+            class_weight: Mapping[int, float] | Sequence[float] | None = None,
+            initial_epoch: int | None = None) -> History:
         """Train the model; returns the History. The arguments are those of
         :func:`fusedtrain.train.fit` (see it for each one)."""
         from ..train import fit
@@ -179,15 +199,16 @@ class Sequential:
                    sample_weight=sample_weight, class_weight=class_weight,
                    initial_epoch=initial_epoch)
 
-    def evaluate(self, x, y, loss="cross_entropy", metrics=("accuracy",), batch_size=1024,
-                 sample_weight=None):
+    def evaluate(self, x: ArrayLike, y: ArrayLike, loss: LossSpec = "cross_entropy",
+                 metrics: Metrics | Mapping[str, Metric] = ("accuracy",), batch_size: int = 1024,
+                 sample_weight: ArrayLike | None = None) -> dict[str, float]:
         """Loss and metrics on (x, y); see :func:`fusedtrain.train.evaluate`."""
         from ..train import evaluate
 
         return evaluate(self, x, y, loss=loss, metrics=metrics, batch_size=batch_size,
                         sample_weight=sample_weight)
 
-    def predict(self, x, batch_size=1024):
+    def predict(self, x: ArrayLike, batch_size: int = 1024) -> NDArray[np.floating[Any]]:
         """Model outputs for x, in batches; a new array (thread-safe: see
         :func:`fusedtrain.train.predict`)."""
         from ..train import predict
@@ -199,12 +220,12 @@ class Sequential:
         """The number of parameters (every layer's)."""
         return int(self.param_arena.size)
 
-    def get_weights(self) -> list:
+    def get_weights(self) -> list[NDArray[Any]]:
         """Copies of the parameters, in the order of :meth:`parameters`
         (per Dense layer: weight (in, out), then bias (out,) when it has one)."""
         return [p.copy() for p in self._params]
 
-    def set_weights(self, weights) -> None:
+    def set_weights(self, weights: Sequence[ArrayLike]) -> None:
         """Assign ``weights`` (a list like :meth:`get_weights`'s: one array
         per parameter, the same shapes, real numbers; cast to the model's
         dtype). Everything is checked first: on error (ValueError / TypeError
@@ -256,14 +277,14 @@ class Sequential:
                           f"Trainable params: {total:,}"])
         (print_fn or print)(text)
 
-    def save(self, path, optimizer=None):
+    def save(self, path: str | os.PathLike[str], optimizer: Optimizer | None = None) -> None:
         """Write model, optimizer, schedule position and RNG state to one file,
         atomically; see :mod:`fusedtrain.checkpoint`."""
         from ..checkpoint import save
 
         save(path, self, optimizer)
 
-    def load(self, path):
+    def load(self, path: str | os.PathLike[str]) -> dict[str, object]:
         """Restore a checkpoint written by :meth:`save` into this model (and its
         optimizer); raises and changes nothing if it does not match."""
         from ..checkpoint import load
