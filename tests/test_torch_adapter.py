@@ -293,9 +293,15 @@ def _expect_nothing_changed(opt, params, types, *words):
         assert w in str(info.value), (w, str(info.value))
 
 
-def _noncontiguous_param():
-    p = torch.nn.Parameter(torch.randn(3, 4).t())
-    p.grad = torch.randn(4, 3)
+def _gapped_param():
+    p = torch.nn.Parameter(torch.randn(3, 8)[:, ::2])  # not dense: every other element
+    p.grad = torch.randn(3, 4)
+    return p
+
+
+def _grad_in_another_layout():
+    p = torch.nn.Parameter(torch.randn(3, 4).t())  # dense, permuted: stepped in place
+    p.grad = torch.randn(4, 3)  # but its gradient is C-ordered
     return p
 
 
@@ -311,9 +317,9 @@ def _sparse_grad():
     return p
 
 
-def _half():
-    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float16))
-    p.grad = torch.randn(5, dtype=torch.float16)
+def _complex():
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.complex64))
+    p.grad = torch.randn(5, dtype=torch.complex64)
     return p
 
 
@@ -325,10 +331,11 @@ def _grad_dtype():
 
 
 BAD = [
-    pytest.param(_noncontiguous_param, ValueError, ("param_groups[1]['params'][0]", "contiguous", "strides"), id="noncontiguous-param"),
-    pytest.param(_noncontiguous_grad, ValueError, ("param_groups[1]['params'][0].grad", "contiguous"), id="noncontiguous-grad"),
+    pytest.param(_gapped_param, ValueError, ("param_groups[1]['params'][0]", "dense", "strides (8, 2)"), id="gapped-param"),
+    pytest.param(_noncontiguous_grad, ValueError, ("param_groups[1]['params'][0].grad", "memory layout", "contiguous", "strides (1, 4)"), id="noncontiguous-grad"),
+    pytest.param(_grad_in_another_layout, ValueError, ("param_groups[1]['params'][0].grad", "memory layout (strides (1, 4))", "received strides (3, 1)"), id="grad-layout"),
     pytest.param(_sparse_grad, RuntimeError, ("param_groups[1]['params'][0].grad", "sparse"), id="sparse-grad"),
-    pytest.param(_half, TypeError, ("param_groups[1]['params'][0]", "torch.float32", "torch.float16"), id="float16"),
+    pytest.param(_complex, TypeError, ("param_groups[1]['params'][0]", "torch.float32", "torch.complex64"), id="complex64"),
     pytest.param(_grad_dtype, TypeError, (".grad", "torch.float32", "torch.float64"), id="grad-dtype"),
 ]
 
@@ -406,8 +413,8 @@ def test_clip_rejects_mixed_dtypes_and_bad_max_norm():
     with pytest.raises(ValueError, match="max_norm"):
         ft.clip_grad_norm_([a], 0.0)
     assert torch.equal(a.grad, torch.ones(3))
-    with pytest.raises(ValueError, match="contiguous"):
-        ft.clip_grad_value_([_with_grad(torch.ones(4, 4).t())], 0.5)
+    with pytest.raises(ValueError, match="dense"):
+        ft.clip_grad_value_([_with_grad(torch.ones(4, 8)[:, ::2])], 0.5)
     assert float(ft.clip_grad_norm_([torch.nn.Parameter(torch.zeros(2))], 1.0)) == 0.0
 
 

@@ -25,12 +25,42 @@ parameter's memory is updated in place); CUDA tensors are passed as they
 are, through ``__cuda_array_interface__``, on torch's current stream (no
 CuPy needed). Parameters whose ``grad`` is None are skipped, as torch does.
 
+Memory layouts. A step is element-wise, so a parameter only needs to be
+dense: C-contiguous, or a permutation of a contiguous layout
+(``channels_last`` convolution weights, a transposed matrix). A permuted
+parameter is stepped in place through a 1-d view of its memory in storage
+order (``p.permute(order).view(-1)``: no copy), with its gradient and its
+state buffers read in the same order -- so they must be laid out as the
+parameter. States are made that way (``memory_format=preserve_format``,
+as torch.optim does), and a gradient from autograd is (torch lays a dense
+parameter's gradient out as the parameter). A gradient laid out otherwise
+raises ValueError naming the parameter (reading it would need a copy); a
+state buffer laid out otherwise (a model moved to channels_last after its
+optimizer had state) is replaced once by a copy in the parameter's layout,
+which the step stores in ``optimizer.state`` and updates from then on.
+
+float16 / bfloat16 parameters are stepped as torch's fused optimizers
+(``torch.optim.Adam(fused=True)``) step them: the math in float32 from the
+parameter as it is, the result rounded to nearest even into the parameter;
+the gradient in the parameter's dtype. bfloat16 parameters keep their
+states in bfloat16, as torch does (rounded after each update): Adam and
+AdamW give torch's fused results bit for bit. Differences from torch: the
+kernels keep narrow states in bfloat16 or float32 only, so float16
+parameters keep float32 states (torch: float16; more precise here, twice
+the memory; torch's float16 states loaded by ``load_state_dict`` are
+taken in float32 at the next step), and each narrow step first widens the
+parameter into a float32 scratch buffer, which the kernel uses as its master
+weights and then rounds into the parameter (one extra pass over the
+parameter; the buffer is not state and is not saved). No float32 master
+weights persist between steps, as in torch: for those, use
+:mod:`fusedtrain.optim` with ``master_weights=True``.
+
 What is refused, with an error naming the parameter (never a hidden copy):
-sparse gradients (RuntimeError), dtypes other than float32 / float64
-(TypeError), non-contiguous parameters, gradients or states (ValueError),
-a gradient on another device or with another shape or dtype than its
-parameter. Everything is checked before the first kernel runs, so a step
-that raises has changed no parameter and no state.
+sparse gradients (RuntimeError), dtypes other than float32 / float64 /
+float16 / bfloat16 (TypeError), parameters that are not dense (ValueError),
+a gradient on another device or with another shape, dtype or memory layout
+than its parameter. Everything is checked before the first kernel runs, so
+a step that raises has changed no parameter and no state.
 
 ``foreach``, ``fused`` and ``capturable`` are accepted and kept in the
 param groups (the step is always one fused call); ``differentiable=True``
@@ -61,6 +91,8 @@ from . import optim as _optim
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm_", "clip_grad_value_"]
 
 _FLOATS = (_torch.float32, _torch.float64)
+_NARROW = (_torch.float16, _torch.bfloat16)  # stepped through float32 master weights
+_DTYPES = _FLOATS + _NARROW
 
 
 def _scalar(x):
@@ -69,29 +101,72 @@ def _scalar(x):
 
 
 def _check_tensor(t, where: str) -> None:
-    """t must be a dense, contiguous float32 / float64 tensor."""
+    """t must be a strided (not sparse) tensor of a dtype the kernels step."""
     if t.layout != _torch.strided:
         raise RuntimeError(f"{where}: expected a dense tensor, received a {t.layout} tensor "
                            "(sparse gradients are not supported; use torch.optim.SparseAdam)")
-    if t.dtype not in _FLOATS:
-        raise TypeError(f"{where}: expected dtype torch.float32 or torch.float64, received {t.dtype}")
-    if not t.is_contiguous():
-        raise ValueError(f"{where}: expected a contiguous tensor (updated in place, never "
-                         f"copied), received strides {tuple(t.stride())} for shape {tuple(t.shape)}")
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{where}: expected dtype torch.float32, torch.float64, torch.float16 or "
+                        f"torch.bfloat16, received {t.dtype}")
 
 
-def _array(t):
-    """The zero-copy array the kernels take: a NumPy view of a CPU tensor,
-    the (detached) tensor itself on a GPU."""
+def _order(t, where: str):
+    """How t's memory is laid out: None when it is C-contiguous; else the
+    permutation of its dimensions that makes it C-contiguous (its dimensions
+    by decreasing stride: (0, 2, 3, 1) for a channels_last 4-d tensor) when t
+    is dense -- non-overlapping and covering one block of memory, in
+    another order. Anything else raises ValueError: an element-wise step
+    needs every element once, in place."""
+    if t.is_contiguous():
+        return None
+    order = tuple(sorted(range(t.dim()), key=lambda d: -t.stride(d)))  # stable
+    if not t.permute(order).is_contiguous():
+        raise ValueError(f"{where}: expected a dense tensor, contiguous or a permutation of a "
+                         "contiguous layout such as channels_last (updated in place, never "
+                         f"copied), received strides {tuple(t.stride())} for shape "
+                         f"{tuple(t.shape)}")
+    return order
+
+
+def _same_layout(t, order) -> bool:
+    """t is laid out in memory as the tensor whose layout ``order`` is (t of
+    the same shape): the same strides wherever the size is not 1."""
+    return t.is_contiguous() if order is None else t.permute(order).is_contiguous()
+
+
+def _flat(t, order):
+    """t detached, as the kernels read it: itself when C-contiguous, else a
+    1-d view of its memory in storage order (no copy: ``view`` refuses what
+    it cannot view)."""
     t = t.detach()
+    return t if order is None else t.permute(order).view(-1)
+
+
+_BF16 = None  # numpy's bfloat16 (ml_dtypes), imported on first use
+
+
+def _array(t, order=None):
+    """The zero-copy array the kernels take: a NumPy view of a CPU tensor
+    (bfloat16 through ml_dtypes), the (detached) tensor itself on a GPU; a
+    1-d view in storage order for a dense permuted tensor."""
+    global _BF16
+    t = _flat(t, order)
     if t.device.type == "cpu":
+        if t.dtype == _torch.bfloat16:  # torch gives no NumPy view of bfloat16
+            if _BF16 is None:
+                import ml_dtypes
+
+                _BF16 = np.dtype(ml_dtypes.bfloat16)
+            return t.view(_torch.int16).numpy().view(_BF16)
         return t.numpy()
     if t.device.type == "cuda":
         return t
     raise TypeError(f"expected a CPU or CUDA tensor, received a tensor on {t.device}")
 
 
-def _grad_array(p, g, where: str):
+def _grad_array(p, g, where: str, order):
+    """The gradient's array, checked against its parameter (``order``: the
+    parameter's layout): the same dtype, device, shape and memory layout."""
     _check_tensor(g, where + ".grad")
     if g.dtype != p.dtype:
         raise TypeError(f"{where}.grad: expected dtype {p.dtype} (the parameter's), received {g.dtype}")
@@ -101,7 +176,14 @@ def _grad_array(p, g, where: str):
     if g.shape != p.shape:
         raise ValueError(f"{where}.grad: expected shape {tuple(p.shape)} (the parameter's), "
                          f"received {tuple(g.shape)}")
-    return _array(g)
+    if not _same_layout(g, order):
+        raise ValueError(f"{where}.grad: expected the parameter's memory layout (strides "
+                         f"{tuple(p.stride())}{', contiguous' if order is None else ''}), received "
+                         f"strides {tuple(g.stride())}: the kernels read the gradient element by "
+                         "element in the parameter's memory order, and a gradient laid out "
+                         "otherwise would need a copy (make it with "
+                         "torch.empty_like(param, memory_format=torch.preserve_format))")
+    return _array(g, order)
 
 
 class _Entry:
@@ -110,11 +192,12 @@ class _Entry:
     parameter's array, its state buffers' arrays, the step this update is,
     and the bucket key."""
 
-    __slots__ = ("param", "seen", "state", "new", "ptr", "array", "names", "buffers", "next",
-                 "step_array", "key", "watch")
+    __slots__ = ("param", "seen", "state", "new", "ptr", "strides", "order", "array", "names",
+                 "buffers", "next", "step_array", "key", "watch", "master", "master_array", "source")
 
-    def valid(self, seen, names, ptr) -> bool:
-        if self.seen is not seen or self.names != names or self.ptr != ptr:
+    def valid(self, seen, names, p) -> bool:
+        if self.seen is not seen or self.names != names or self.ptr != p.data_ptr() \
+                or self.strides != p.stride():
             return False
         for k, t in self.watch:  # a state tensor replaced in place (moved, reloaded by hand)
             if seen.get(k) is not t:
@@ -157,15 +240,40 @@ class _FusedOptimizer(_torch.optim.Optimizer):
         return 0.0
 
     # ------------------------------------------------------------- helpers
+    @staticmethod
+    def _state_dtype(p):
+        """The dtype of p's state buffers: p's, except float32 for float16
+        params (the kernels keep narrow states in bfloat16 or float32)."""
+        return _torch.float32 if p.dtype == _torch.float16 else p.dtype
+
     def _new_state(self, p, h: dict) -> dict:
         state = {}
         if self._counts_steps:  # torch's scalar dtype: float32 unless the default is float64
             dtype = _torch.float64 if _torch.get_default_dtype() == _torch.float64 else _torch.float32
             state["step"] = _torch.tensor(0.0, dtype=dtype)
-        for name in self._state_names(h):
+        for name in self._state_names(h):  # laid out as p, as torch.optim makes them
             state[name] = _torch.full_like(p, self._initial_value(name, h),
-                                           memory_format=_torch.contiguous_format)
+                                           dtype=self._state_dtype(p),
+                                           memory_format=_torch.preserve_format)
         return state
+
+    def _state_buffer(self, p, t, order, where: str):
+        """The state buffer t checked against p; one of another dtype or
+        memory layout (torch's load_state_dict casts states to the param's
+        dtype; a model moved to channels_last keeps its states' layout) is
+        returned as a new tensor in p's layout and state dtype, which the
+        step stores in the state in its place; None when t is usable as
+        it is."""
+        if not isinstance(t, _torch.Tensor):
+            raise TypeError(f"{where}: expected a tensor, received {type(t).__name__}")
+        _check_tensor(t, where)
+        if t.shape != p.shape or t.device != p.device:
+            raise ValueError(f"{where}: expected shape {tuple(p.shape)} on {p.device} (the "
+                             f"parameter's), received shape {tuple(t.shape)} on {t.device}")
+        dtype = self._state_dtype(p)
+        if t.dtype == dtype and _same_layout(t, order):
+            return None
+        return _torch.empty_like(p, dtype=dtype, memory_format=_torch.preserve_format).copy_(t)
 
     def _next_step(self, state) -> int:
         """The step count this update is (1 on the first), from the state
@@ -178,8 +286,15 @@ class _FusedOptimizer(_torch.optim.Optimizer):
     def _entry(self, p, seen, h: dict, names: tuple, where: str) -> _Entry:
         """Checks p and its state (creating what is missing, uncommitted)."""
         _check_tensor(p, where)
+        order = _order(p, where)
         e = _Entry()
-        e.param, e.seen, e.names, e.ptr, e.array = p, seen, names, p.data_ptr(), _array(p)
+        e.param, e.seen, e.names, e.ptr, e.strides = p, seen, names, p.data_ptr(), p.stride()
+        e.order, e.array = order, _array(p, order)
+        e.master = e.master_array = e.source = None
+        if p.dtype in _NARROW:  # the kernels' float32 master weights: a scratch buffer
+            e.source = _flat(p, order)
+            e.master = _torch.empty(e.source.shape, dtype=_torch.float32, device=p.device)
+            e.master_array = _array(e.master)
         e.next = self._next_step(seen)  # from the state as it is before this step
         state, e.new = seen, not seen
         if e.new:
@@ -189,10 +304,16 @@ class _FusedOptimizer(_torch.optim.Optimizer):
             if missing:  # a variant switched on later (amsgrad, momentum, centered)
                 state = {**state, **{n: v for n, v in self._new_state(p, h).items() if n in missing}}
                 e.new = True
+        relaid = {}
         for n in names:
-            _check_tensor(state[n], f"{where} state[{n!r}]")
+            t = self._state_buffer(p, state[n], order, f"{where} state[{n!r}]")
+            if t is not None:
+                relaid[n] = t
+        if relaid:  # stored in the state at the commit
+            state = {**state, **relaid}
+            e.new = True
         e.state = state
-        e.buffers = tuple(_array(state[n]) for n in names)
+        e.buffers = tuple(_array(state[n], order) for n in names)
         st = state.get("step")
         e.step_array = None
         if isinstance(st, _torch.Tensor) and st.device.type == "cpu" and st.dim() == 0:
@@ -229,21 +350,24 @@ class _FusedOptimizer(_torch.optim.Optimizer):
         last = self._last.get(gi)
         if last is not None and seq and seq[0].next == last[1] and last[0] == seq:
             step = seq[0].next
-            self._last[gi] = (seq, self._after(step), last[2], last[3])
-            return [(step, last[2], grads, last[3], seq)]
+            self._last[gi] = (seq, self._after(step), last[2], last[3], last[4])
+            return [(step, last[2], grads, last[3], seq, last[4])]
         buckets: dict = {}
         for e, ga in zip(seq, grads):
             b = buckets.get((e.key, e.next))
             if b is None:
-                b = buckets[(e.key, e.next)] = (e.next, [], [], [[] for _ in names], [])
+                masters = [] if e.master is not None else None
+                b = buckets[(e.key, e.next)] = (e.next, [], [], [[] for _ in names], [], masters)
             b[1].append(e.array)
             b[2].append(ga)
             for lst, a in zip(b[3], e.buffers):
                 lst.append(a)
             b[4].append(e)
+            if b[5] is not None:
+                b[5].append(e.master_array)
         out = list(buckets.values())
         # one bucket: its entries advance together, to this step count
-        self._last[gi] = (seq, self._after(out[0][0]), out[0][1], out[0][3]) \
+        self._last[gi] = (seq, self._after(out[0][0]), out[0][1], out[0][3], out[0][5]) \
             if len(out) == 1 else None
         return out
 
@@ -279,7 +403,7 @@ class _FusedOptimizer(_torch.optim.Optimizer):
                     continue
                 seen = state_get(p)
                 e = entries.get(p)
-                if e is None or not e.valid(seen, names, p.data_ptr()):
+                if e is None or not e.valid(seen, names, p):
                     e = entries[p] = self._entry(p, seen, h, names, f"param_groups[{gi}]['params'][{i}]")
                 pa = e.array
                 ga = None
@@ -291,18 +415,27 @@ class _FusedOptimizer(_torch.optim.Optimizer):
                     if ga is not None and not (ga.dtype == pa.dtype and ga.shape == pa.shape
                                                and ga.flags.c_contiguous):
                         ga = None
-                if ga is None:  # the descriptive checks: raise, or the GPU's array
-                    ga = _grad_array(p, g, f"param_groups[{gi}]['params'][{i}]")
+                if ga is None:  # the descriptive checks: raise, or the array
+                    ga = _grad_array(p, g, f"param_groups[{gi}]['params'][{i}]", e.order)
                 seq.append(e)
                 grads.append(ga)
             plans.append((h, names, self._buckets(gi, seq, grads, names)))
         # every tensor checked: run, then commit new states and step counts
         for h, names, buckets in plans:
-            for step, params, grads, bufs, done in buckets:
-                _ops.fused_step(self._kernel, params, grads, dict(zip(names, bufs)), step, h)
+            for step, params, grads, bufs, done, masters in buckets:
+                extra = _NO_EXTRA
+                if masters is not None:  # narrow params: the master widened from the param
+                    for e in done:
+                        e.master.copy_(e.source)
+                    extra = {"master_params": masters}
+                _ops.fused_step(self._kernel, params, grads, dict(zip(names, bufs)), step, h,
+                                extra)
                 for e in done:
                     self._commit(e)
         return loss
+
+
+_NO_EXTRA: dict = {}
 
 
 def _flag(name, value):
@@ -354,7 +487,8 @@ class SGD(_FusedOptimizer):
     _state_names = staticmethod(_optim.SGD._state_names)
 
     def _new_state(self, p, h):
-        return {n: _torch.zeros_like(p, memory_format=_torch.contiguous_format)
+        return {n: _torch.zeros_like(p, dtype=self._state_dtype(p),
+                                     memory_format=_torch.preserve_format)
                 for n in self._state_names(h)}
 
     def _next_step(self, state):
@@ -374,7 +508,10 @@ class Adam(_FusedOptimizer):
 
     Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
     amsgrad=False, maximize=False, decoupled_weight_decay=False. State:
-    ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
+    ``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad), laid
+    out as the parameter. bfloat16 parameters: as ``torch.optim.Adam(fused=True)``
+    (float32 math, bfloat16 states), the same bits; float16 parameters keep
+    float32 states (see the module docstring).
     """
 
     _kernel = "adam"
@@ -499,12 +636,13 @@ def _grads_of(parameters) -> list:
         where = f"parameters[{i}]"
         g = p.grad
         _check_tensor(g, where + ".grad")
+        order = _order(g, where + ".grad")  # any dense layout: norms and clamps are element-wise
         if grads and (g.dtype != grads[0][1].dtype or g.device != grads[0][1].device):
             raise TypeError(f"{where}.grad: expected {grads[0][1].dtype} on {grads[0][1].device} "
                             f"(the first gradient's), received {g.dtype} on {g.device}; clip "
                             "each dtype and device separately")
-        grads.append((where, g))
-    return [_array(g) for _, g in grads], (grads[0][1] if grads else None)
+        grads.append((order, g))
+    return [_array(g, order) for order, g in grads], (grads[0][1] if grads else None)
 
 
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False,
