@@ -428,16 +428,18 @@ def test_predict_from_several_threads_on_one_model():
 
 
 def test_layer_buffers_stay_bounded_over_many_batch_sizes():
-    x, _ = toy_data(n=600, dtype=np.float32)
+    x, y = toy_data(n=600, dtype=np.float32)
     model = toy_mlp(np.float32, dropout=0.1, hidden=256)
     model.predict(x)
     model.forward(x, training=True)
+    model.evaluate(x, y)
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
         for k in range(1, 600, 3):
             model.predict(x[:k], batch_size=1024)
             model.forward(x[:k], training=True)
+            model.evaluate(x[:k], y[:k], batch_size=1024)  # the loss's gradient buffer too
         grown = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()

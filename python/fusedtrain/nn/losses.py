@@ -36,6 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import ops
+from ._buffers import _Rows
 
 __all__ = ["Loss", "CrossEntropy", "CategoricalCrossEntropy", "BinaryCrossEntropy",
            "MeanSquaredError", "get", "LOSSES"]
@@ -51,13 +52,18 @@ class Loss:
     expects_activation = None
 
     def __init__(self):
-        self._grad = {}
+        self._bufs = _Rows()  # the gradient: one buffer, of the largest batch seen
+
+    def _takes(self, activation: str, from_logits) -> None:
+        """Logits (from_logits=True) or the outputs of ``activation``."""
+        if from_logits is not True and from_logits is not False:
+            raise TypeError(f"from_logits must be a bool; received {type(from_logits).__name__} "
+                            f"{from_logits!r}")
+        self.from_logits = from_logits
+        self.expects_activation = None if from_logits else activation
 
     def _buffer(self, outputs):
-        buf = self._grad.get(outputs.shape)
-        if buf is None or buf.dtype != outputs.dtype:
-            buf = self._grad[outputs.shape] = np.empty_like(outputs)
-        return buf
+        return self._bufs.get("grad", outputs.shape[0], outputs.shape[1:], outputs.dtype)
 
     def __call__(self, outputs, targets, sample_weight=None):
         """(loss as a float, d loss / d outputs): the mean loss, or with
@@ -106,11 +112,7 @@ class CrossEntropy(Loss):
         super().__init__()
         self.label_smoothing = label_smoothing
         self.weight = weight
-        if from_logits is not True and from_logits is not False:
-            raise TypeError(f"from_logits must be a bool; received {type(from_logits).__name__} "
-                            f"{from_logits!r}")
-        self.from_logits = from_logits
-        self.expects_activation = None if from_logits else "softmax"
+        self._takes("softmax", from_logits)
 
     def _mean(self, outputs, targets):
         if self.from_logits:
@@ -202,11 +204,7 @@ class BinaryCrossEntropy(Loss):
 
     def __init__(self, from_logits=True):
         super().__init__()
-        if from_logits is not True and from_logits is not False:
-            raise TypeError(f"from_logits must be a bool; received {type(from_logits).__name__} "
-                            f"{from_logits!r}")
-        self.from_logits = from_logits
-        self.expects_activation = None if from_logits else "sigmoid"
+        self._takes("sigmoid", from_logits)
 
     def _mean(self, outputs, targets):
         if self.from_logits:
