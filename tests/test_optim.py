@@ -792,3 +792,64 @@ def test_a_subclass_defaults_come_from_its_signature():
         class NoDefault(optim.SGD):  # noqa: F841
             def __init__(self, params, lr, **options):
                 super().__init__(params, lr, **options)
+
+
+# ---------------------------------------------------------------------------
+# a schedule as the optimizer's lr (as Keras's learning_rate=schedule)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", optim.NAMES)
+def test_schedule_as_lr_equals_setting_lr_before_each_step(name):
+    from fusedtrain import schedules
+
+    rng = np.random.default_rng(5)
+    sched = schedules.CosineAnnealing(0.05, total_steps=6)
+    p_a = [rng.standard_normal(7).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)]
+    p_b = [p.copy() for p in p_a]
+    a = optim.get(name)(p_a, lr=sched)
+    b = optim.get(name)(p_b, lr=0.05)
+    for t in range(6):
+        grads = [rng.standard_normal(p.shape).astype(np.float32) for p in p_a]
+        b.param_groups[0]["lr"] = sched.lr(t)
+        a.step(grads)
+        b.step(grads)
+        assert a.last_lr() == sched.lr(t)
+        for x, y in zip(p_a, p_b):
+            np.testing.assert_array_equal(x, y)
+    assert a.param_groups[0]["lr"] is sched
+
+
+def test_callable_lr_and_its_checks():
+    p = [np.ones(5, np.float32)]
+    opt = optim.SGD(p, lambda t: 0.1 * 0.5 ** t)
+    g = [np.ones(5, np.float32)]
+    opt.step(g)
+    opt.step(g)
+    np.testing.assert_allclose(p[0], 1 - 0.1 - 0.05)
+    bad = optim.SGD([np.ones(5, np.float32)], lambda t: -1.0 if t == 1 else 0.1)
+    q = bad.param_groups[0]["params"][0]
+    bad.step(g)
+    before = q.copy()
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        bad.step(g)  # the schedule's value at step 1 is checked like any lr
+    np.testing.assert_array_equal(q, before)
+    with pytest.raises(TypeError, match="lr"):
+        optim.Adam([np.ones(2)], lr="fast")
+
+
+def test_schedule_lr_in_fit_and_checkpoints(tmp_path):
+    from conftest import toy_data, toy_mlp
+    from fusedtrain import schedules
+
+    x, y = toy_data(n=64)
+    model = toy_mlp()
+    sched = schedules.StepDecay(0.05, step_size=2, gamma=0.5)
+    opt = optim.Adam(model.parameters(), lr=sched)
+    hist = model.fit(x, y, optimizer=opt, epochs=2, batch_size=32, progress=False)
+    assert hist["lr"] == [sched.lr(1), sched.lr(3)]
+    before = model.param_arena.copy()
+    with pytest.raises(ValueError, match="schedule"):  # two schedules: refused, nothing changed
+        model.fit(x, y, optimizer=opt, schedule="cosine", progress=False)
+    np.testing.assert_array_equal(model.param_arena, before)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\]"):
+        model.save(tmp_path / "m.npz")
+    assert not list(tmp_path.iterdir())

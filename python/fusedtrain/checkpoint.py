@@ -94,6 +94,14 @@ def save(path: str | os.PathLike[str], model: Sequential,
             for k, arr in entry.items():
                 if k != "step":
                     members[f"optim.{idx}.{k}"] = _to_host(arr)
+        for gi, g in enumerate(sd["param_groups"]):
+            bad = [k for k, v in g.items() if k != "params" and not _plain(v)]
+            if bad:
+                raise ValueError(
+                    f"optimizer: param_groups[{gi}][{bad[0]!r}] is {type(g[bad[0]]).__name__} "
+                    f"{g[bad[0]]!r:.60}; a checkpoint stores numbers, bools and tuples of them "
+                    "(a learning-rate schedule goes to fit(schedule=...), which checkpoints "
+                    "keep)")
         # the state is keyed by the optimizer's own parameter indices; the
         # groups list the model's parameter index of each of their parameters
         groups = _jsonable(sd["param_groups"])
@@ -115,6 +123,14 @@ def save(path: str | os.PathLike[str], model: Sequential,
     }
     members["meta"] = json.dumps(meta).encode()
     _archive.write(path, members)
+
+
+def _plain(v) -> bool:
+    """A hyperparameter a checkpoint can hold (JSON): a number, a bool, None,
+    a string, or a tuple / list of them."""
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str, np.generic))
 
 
 def _param_index(model, optimizer) -> list:

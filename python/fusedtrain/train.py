@@ -245,6 +245,12 @@ def _schedule(schedule, state, opt, new_opt, lr, total_steps):
     is given or the optimizer is new."""
     if schedule is None:
         return None, None, None
+    if lr is None:  # fit would write its schedule's numbers over the optimizer's schedule
+        for gi, g in enumerate(opt.param_groups):
+            if not isinstance(g["lr"], (int, float, np.floating, np.integer)):
+                raise ValueError(
+                    f"schedule: the optimizer's param_groups[{gi}]['lr'] is a schedule already "
+                    f"({g['lr']!r:.60}); give the schedule to fit or to the optimizer, not both")
     if not isinstance(schedule, str):
         if not (callable(getattr(schedule, "lr", None)) and not isinstance(schedule, type)) \
                 and callable(schedule):
@@ -608,7 +614,7 @@ class _Run:
                 where = f"epoch {epoch + 1}, " + (f"batch {b}" if b0 == b else f"batches {b0}-{b}")
                 self.optimizer_step(window_ok, where)
                 state.step += 1
-            bar.update(batch_loss, opt.param_groups[0]["lr"])
+            bar.update(batch_loss, opt.last_lr())
             if batch_end:
                 hooks.call(batch_end, start // bs, {"size": len(idx), "loss": batch_loss})
         logs = {"loss": total_loss / counted if counted else math.nan}
@@ -617,7 +623,7 @@ class _Run:
             xv, yv = self.validation
             logs.update({"val_" + k: v for k, v in
                          evaluate(model, xv, yv, loss=loss_fn, metrics=metric_fns).items()})
-        logs["lr"] = float(opt.param_groups[0]["lr"])
+        logs["lr"] = opt.last_lr()
         if self.scaler is not None:
             logs["loss_scale"] = self.scaler.scale
         if self.on_nonfinite == "skip":

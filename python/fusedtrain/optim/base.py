@@ -89,7 +89,13 @@ class Optimizer:
     ``params`` is a list of arrays, or a list of dicts (parameter groups, as in
     torch) each with a ``"params"`` list and optional hyperparameters that
     override the constructor's. ``opt.param_groups[i]["lr"] = x`` changes the
-    learning rate from the next step on. Replacing, appending or removing
+    learning rate from the next step on. ``lr`` may also be a schedule (a
+    :mod:`fusedtrain.schedules` object, or a callable ``step -> lr``), as
+    Keras's ``learning_rate=schedule``: each step of a group uses its value
+    at the steps the group has taken (0 for the first), checked as any lr;
+    :meth:`last_lr` tells the value of the last step. Checkpoints store
+    numbers only: give a schedule to ``fit(schedule=...)`` to have it
+    saved. Replacing, appending or removing
     arrays in ``opt.param_groups[i]["params"]`` (or replacing the list) is
     followed at the next step, as torch.optim does: arrays still in the group
     keep their state, a new array gets fresh state and counts its own steps
@@ -173,7 +179,7 @@ class Optimizer:
                 f"{sorted(Options.__annotations__)} (options)"
             )
         self.defaults = {**self.defaults_, **hyperparameters}
-        self._hyper(self.defaults)
+        self._h(self.defaults)
         if B.is_array(params):
             raise TypeError("params: expected a list of arrays or of parameter-group dicts, "
                             "received a single array (wrap it in a list)")
@@ -210,7 +216,7 @@ class Optimizer:
         if unknown:
             raise TypeError(f"param group: unexpected keys {sorted(unknown)}; expected some of {sorted(self.defaults_)}")
         full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
-        self._hyper(full)
+        self._h(full)
         full["params"] = params
         self.param_groups.append(full)
         self._group_state.append({"step": 0})
@@ -363,6 +369,9 @@ class Optimizer:
     def _checked_hyper(self, gi, group) -> dict:
         """self._hyper(group), validated again only when a value was edited
         (kept while every value is the same immutable object as last time)."""
+        lr = group["lr"]
+        if not isinstance(lr, numbers.Real):  # a schedule: evaluated at this group's step
+            return self._h(group, _taken(self._group_state[gi]))
         keys = self._hyper_keys
         values = tuple(map(group.__getitem__, keys))
         cached = self._hyper_cache.get(gi)
@@ -375,6 +384,22 @@ class Optimizer:
         else:
             self._hyper_cache.pop(gi, None)
         return h
+
+    def _h(self, group, t=0) -> dict:
+        """``self._hyper(group)`` with a schedule lr evaluated at step ``t``
+        (the steps the group has taken: 0 for its first)."""
+        lr = group["lr"]
+        if isinstance(lr, numbers.Real):
+            return self._hyper(group)
+        return self._hyper({**group, "lr": _lr_at(lr, t)})
+
+    def last_lr(self, group: int = 0) -> float:
+        """The learning rate of param group ``group``'s last step (of its
+        next one before any): its ``lr``, or its schedule evaluated there."""
+        lr = self.param_groups[group]["lr"]
+        if isinstance(lr, numbers.Real):
+            return float(lr)
+        return float(_lr_at(lr, max(_taken(self._group_state[group]) - 1, 0)))
 
     def _fused(self, h, params, grads, buffers, step, extra, dry_run=False):
         """One fusedtrain.ops.fused_step call: the master weights and the
@@ -477,7 +502,7 @@ class Optimizer:
         names = [k for k in gstate if k not in ("step", "steps", "_flat")]
         steps_old = gstate.get("steps") or [gstate["step"]] * len(old)
         where = {id(p): j for j, p in enumerate(old)}
-        h = self._hyper(self.param_groups[gi])
+        h = self._h(self.param_groups[gi], _taken(self._group_state[gi]))
         new = {"step": 0}
         if names or any(steps_old):
             steps = []
@@ -610,7 +635,8 @@ class Optimizer:
                                  f"missing {sorted(missing)}, unexpected {sorted(map(str, extra))}")
             merged = {**group, **copy.deepcopy(hyper)}
             try:
-                h = self._hyper(merged)
+                h = self._h(merged, 0 if isinstance(merged["lr"], numbers.Real)
+                            else _saved_step(state, indices))
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"state_dict: param_groups[{gi}]: {exc}") from None
             names = self._names(h)
@@ -734,6 +760,34 @@ def _index(key, total: int) -> int:
         raise ValueError(f"state_dict: state key {key!r} must be a parameter index, an int in "
                          f"[0, {total})")
     return int(k)
+
+
+def _lr_at(lr, t):
+    """A schedule's learning rate at step ``t``: ``lr.lr(t)`` for a schedule
+    object, ``lr(t)`` for a callable ``step -> lr`` (as Keras evaluates a
+    LearningRateSchedule at ``optimizer.iterations``). Anything else is
+    returned as it is, for the hyperparameter checks to name."""
+    fn = getattr(lr, "lr", None)
+    if not callable(fn):
+        fn = lr if callable(lr) and not isinstance(lr, type) else None
+    return lr if fn is None else fn(t)
+
+
+def _taken(gstate) -> int:
+    """Steps a group has taken (its most advanced parameter's)."""
+    steps = gstate.get("steps")
+    return max(steps) if steps else gstate["step"]
+
+
+def _saved_step(state, indices) -> int:
+    """The step a state_dict's group has taken (0 without state)."""
+    taken = 0
+    for k in indices:
+        entry = state.get(int(k), (None, None))[1]
+        step = entry.get("step") if isinstance(entry, dict) else None
+        if isinstance(step, numbers.Real) and math.isfinite(step):  # checked later, whole
+            taken = max(taken, int(step))
+    return taken
 
 
 def _next_step(gstate, i) -> int:
