@@ -1,8 +1,18 @@
-"""fusedtrain: fused optimizer steps and training kernels for NumPy arrays.
+"""fusedtrain: fused optimizer steps and training kernels for NumPy arrays
+(and CuPy arrays or torch tensors on a GPU).
 
 The hot paths are C++ kernels (OpenMP, runtime SIMD dispatch) with CUDA
-twins; see :mod:`fusedtrain.ops` for the functional in-place API and
-:mod:`fusedtrain.optim` for optimizer objects.
+twins. The package reads top-down, each layer using only those below it::
+
+    cli                   the command line
+    train, checkpoint     fit / evaluate / predict and the TrainState; files
+    nn, optim, callbacks  layers and Sequential; optimizer objects; callbacks
+    ops                   the functional, in-place kernels (one route to each)
+    backend               CPU or GPU: _core, or an adapter over _cuda
+    _core, _cuda          the compiled modules
+
+:mod:`fusedtrain.torch` puts torch.optim's interface over :mod:`~fusedtrain.ops`;
+:mod:`fusedtrain.reference` holds the NumPy reference of every kernel.
 """
 
 # Load the OpenBLAS that _core links against (found through its rpath in an
