@@ -1,7 +1,12 @@
-"""Checkpoints: a model's parameters and dropout streams with its whole
-:class:`fusedtrain.train.TrainState` (optimizer and its state, epoch and
-step, shuffling RNG, schedule, loss scaler, history) in one ``.npz`` file
-(no pickles; ``numpy.load`` reads it too).
+"""Checkpoints: a model's parameters, buffers and dropout streams with its
+whole :class:`fusedtrain.train.TrainState` (optimizer and its state, epoch
+and step, shuffling RNG, schedule, loss scaler, history) in one ``.npz``
+file (no pickles; ``numpy.load`` reads it too).
+
+The buffers (BatchNorm's running statistics) are the members
+``buffers.<layer index>.<name>``, one per buffer of the model's layers and
+none for a model without them (so a file of a model without BatchNorm is
+what it was before they existed: the version stays 2).
 
 Writes are atomic and streamed (:mod:`fusedtrain._archive`): the file is
 written member by member to a temporary file in the same directory, flushed
@@ -83,6 +88,8 @@ def save(path: str | os.PathLike[str], model: Sequential,
     elif state is None:
         state = TrainState()  # an optimizer before any training: step 0
     members = {"params": model.param_arena}
+    for name, buf in model.named_buffers():
+        members[f"buffers.{name}"] = buf
     opt_meta = None
     if optimizer is not None:
         index = _param_index(model, optimizer)
@@ -236,8 +243,8 @@ _KEYS = ("format", "version", "dtype", "layout", "layers", "dropout", "train_sta
 
 
 def _read(path, model):
-    """(params, dropout streams, TrainState or None) from the file, every
-    field checked against ``model``."""
+    """(meta, params, buffers, dropout streams, TrainState or None) from the
+    file, every field checked against ``model``."""
     try:
         return _parse(path, model)
     except ValueError as exc:
@@ -268,12 +275,19 @@ def _parse(path, model):
                    for i, s in enumerate(streams)]
         expected = {"meta", "params"}
         params = _array(r, P, "params", (model.param_arena.size,))
+        # the buffers the model's layers have (the layout, checked above,
+        # names the layers): each present, floating, of its shape; none other
+        buffers = []
+        for name, buf in model.named_buffers():
+            member = f"buffers.{name}"
+            buffers.append(_array(r, P, member, buf.shape))
+            expected.add(member)
         state, members = _train_state(r, P, meta, model)
         expected |= members
         extra = r.unexpected(expected)
         if extra:
             P.fail(f"unexpected members {extra}")
-    return meta, params, streams, state
+    return meta, params, buffers, streams, state
 
 
 def _array(r, P, member, shape=None):
@@ -389,17 +403,19 @@ def _optimizer(r, P, om, model):
 
 
 def load(path: str | os.PathLike[str], model: Sequential) -> dict[str, object]:
-    """Restore a checkpoint into ``model``: parameters, dropout streams and
-    the whole :class:`fusedtrain.train.TrainState` (optimizer with its
+    """Restore a checkpoint into ``model``: parameters, buffers, dropout
+    streams and the whole :class:`fusedtrain.train.TrainState` (optimizer with its
     state, epoch, step, RNG, schedule, loss scaler, history), which replaces
     the model's. Returns the checkpoint's metadata (a dict).
 
     Raises ValueError naming the file and what is wrong when the file is
     damaged or does not fit the model; then nothing is changed."""
     with model._lock:
-        meta, params, streams, state = _read(path, model)
+        meta, params, buffers, streams, state = _read(path, model)
         # everything checked: assign
         np.copyto(model.param_arena, params, casting="same_kind")
+        for (_, buf), saved in zip(model.named_buffers(), buffers):
+            np.copyto(buf, saved, casting="same_kind")
         for layer, (seed, offset) in zip(_dropouts(model), streams):
             layer.seed, layer.offset = seed, offset
         model.train_state = state

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the types of the public signatures (never evaluated at run 
 
     from numpy.typing import NDArray
 
-__all__ = ["Layer", "Dense", "Dropout", "ACTIVATIONS"]
+__all__ = ["Layer", "Dense", "Dropout", "BatchNorm", "LayerNorm", "ACTIVATIONS"]
 
 #: the activations of :class:`Dense` (None means "linear", as "identity")
 ACTIVATIONS = ("linear", "identity", "relu", "leaky_relu", "sigmoid", "tanh", "gelu", "softmax")
@@ -70,6 +70,13 @@ class Layer:
     def bind(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
         setattr(self, name, param)
         setattr(self, "grad_" + name, grad)
+
+    #: (name, shape, initial value) of each buffer: state that is not a
+    #: parameter (not stepped, outside the arena) but is part of the model
+    #: (BatchNorm's running statistics); the model allocates them in its
+    #: dtype, binds them as attributes and checkpoints them
+    def buffer_specs(self) -> list:
+        return []
 
     def forward(self, x, training: bool):
         return x
@@ -209,3 +216,128 @@ class Dropout(Layer):
 
     def config(self):
         return {"p": self.p}
+
+
+def _norm_input(layer, x):
+    if x.ndim != 2 or x.shape[1] != layer.num_features:
+        raise ValueError(f"{layer!r}: expected input of shape (batch, {layer.num_features}), "
+                         f"received {x.shape}")
+
+
+class BatchNorm(Layer):
+    """Batch normalisation over the batch axis of (B, C) inputs, as
+    ``torch.nn.BatchNorm1d``, with an activation fused after it:
+    y = act((x - mean) / sqrt(var + eps) * weight + bias).
+
+    In training (fit) mean and var are the batch's (var biased), and the
+    running statistics are updated in place:
+    ``running = (1 - momentum) * running + momentum * batch`` (the running
+    variance takes the unbiased batch variance). In inference (evaluate,
+    predict) the running statistics are used and left alone. ``weight``
+    (init 1) and ``bias`` (init 0) are parameters (``affine=False``: none);
+    ``running_mean`` (init 0) and ``running_var`` (init 1) are buffers,
+    saved in checkpoints. ``activation``: one of :data:`ACTIVATIONS` without
+    keyword arguments (None, "linear" and "identity": none). Defaults:
+    momentum=0.1, eps=1e-5 (torch's). Ioffe & Szegedy, 2015.
+    """
+
+    def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
+                 affine: bool = True, activation: str | None = "identity") -> None:
+        self.num_features = V.integer("num_features", num_features, 1)
+        self.momentum = V.in_range("momentum", momentum, 0.0, 1.0, True)
+        self.eps = V.positive("eps", eps)
+        self.affine = V.flag("affine", affine)
+        if activation is None:
+            activation = "linear"
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))} or "
+                             f"None (linear); received {activation!r}")
+        self.activation = activation
+        self.weight = self.bias = self.grad_weight = self.grad_bias = None
+        self.running_mean = self.running_var = None
+        self._bufs = _Rows()  # output, dx
+        self._x = self._saved = None
+
+    def param_specs(self):
+        c = (self.num_features,)
+        return [("weight", c), ("bias", c)] if self.affine else []
+
+    def initialize(self, name, shape, rng, dtype):
+        return (np.ones if name == "weight" else np.zeros)(shape, dtype=dtype)
+
+    def buffer_specs(self):
+        c = (self.num_features,)
+        return [("running_mean", c, 0.0), ("running_var", c, 1.0)]
+
+    def _act(self):
+        return "identity" if self.activation == "linear" else self.activation
+
+    def forward(self, x, training):
+        _norm_input(self, x)
+        if training and x.shape[0] < 2:
+            raise ValueError(f"{self!r}: expected more than 1 sample per batch in training (the "
+                             f"batch variance of 1 sample is 0); received a batch of shape "
+                             f"{x.shape}")
+        out = self._bufs.get("out", x.shape[0], (self.num_features,), self.running_mean.dtype)
+        y, saved = ops.batch_norm_forward(x, self.weight, self.bias, self.running_mean,
+                                          self.running_var, training=bool(training),
+                                          momentum=self.momentum, eps=self.eps,
+                                          activation=self._act(), out=out)
+        self._x, self._saved = x, saved
+        return y
+
+    def backward(self, dy, need_dx=True, accumulate=False):
+        dx_out = self._bufs.get("dx", dy.shape[0], (self.num_features,), dy.dtype)
+        dx, _, _ = ops.batch_norm_backward(dy, self._x, self._saved, self.weight,
+                                           activation=self._act(), dx_out=dx_out,
+                                           dweight_out=self.grad_weight,
+                                           dbias_out=self.grad_bias, accumulate=accumulate)
+        return dx
+
+    def config(self):
+        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps,
+                "affine": self.affine, "activation": self.activation}
+
+
+class LayerNorm(Layer):
+    """Layer normalisation over the features of (B, C) inputs, as
+    ``torch.nn.LayerNorm(C)``: y = (x - mean) / sqrt(var + eps) * weight +
+    bias, mean and (biased) var of each row; the same in training and
+    inference. ``weight`` (init 1) and ``bias`` (init 0) are parameters
+    (``elementwise_affine=False``: none). Default eps=1e-5. Ba, Kiros &
+    Hinton, 2016.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5,
+                 elementwise_affine: bool = True) -> None:
+        self.num_features = V.integer("num_features", num_features, 1)
+        self.eps = V.positive("eps", eps)
+        self.elementwise_affine = V.flag("elementwise_affine", elementwise_affine)
+        self.weight = self.bias = self.grad_weight = self.grad_bias = None
+        self._bufs = _Rows()  # output, dx
+        self._x = self._saved = None
+
+    def param_specs(self):
+        c = (self.num_features,)
+        return [("weight", c), ("bias", c)] if self.elementwise_affine else []
+
+    def initialize(self, name, shape, rng, dtype):
+        return (np.ones if name == "weight" else np.zeros)(shape, dtype=dtype)
+
+    def forward(self, x, training):
+        _norm_input(self, x)
+        out = self._bufs.get("out", x.shape[0], (self.num_features,), x.dtype)
+        y, saved = ops.layer_norm_forward(x, self.weight, self.bias, eps=self.eps, out=out)
+        self._x, self._saved = x, saved
+        return y
+
+    def backward(self, dy, need_dx=True, accumulate=False):
+        dx_out = self._bufs.get("dx", dy.shape[0], (self.num_features,), dy.dtype)
+        dx, _, _ = ops.layer_norm_backward(dy, self._x, self._saved, self.weight, dx_out=dx_out,
+                                           dweight_out=self.grad_weight,
+                                           dbias_out=self.grad_bias, accumulate=accumulate)
+        return dx
+
+    def config(self):
+        return {"num_features": self.num_features, "eps": self.eps,
+                "elementwise_affine": self.elementwise_affine}

@@ -8,7 +8,7 @@ import numpy as np
 
 from typing import TYPE_CHECKING
 
-from .layers import Dense, Dropout, Layer
+from .layers import BatchNorm, Dense, Dropout, Layer, LayerNorm
 
 if TYPE_CHECKING:  # the types of the public signatures (never evaluated at run time)
     import os
@@ -51,6 +51,13 @@ class Sequential:
                     raise ValueError(f"layers[{i}]: in_features={layer.in_features} does not match "
                                      f"the previous layer's output width {width}")
                 width = layer.out_features
+            elif isinstance(layer, (BatchNorm, LayerNorm)):
+                # keeps the width; before any Dense it takes the input's
+                if width is not None and layer.num_features != width:
+                    raise ValueError(f"layers[{i}]: {type(layer).__name__} num_features="
+                                     f"{layer.num_features} does not match the previous "
+                                     f"layer's output width {width}")
+                width = layer.num_features
         self.layers = layers
         self.dtype = dtype
         self.seed = seed
@@ -73,6 +80,13 @@ class Sequential:
         for layer in layers:
             if isinstance(layer, Dropout):
                 layer.seed = int(rng.integers(0, 2**63 - 1))
+        # buffers (BatchNorm's running statistics): outside the arena, not stepped
+        self._buffers = []
+        for i, layer in enumerate(layers):
+            for name, shape, value in layer.buffer_specs():
+                buf = np.full(tuple(shape), value, dtype=dtype)
+                setattr(layer, name, buf)
+                self._buffers.append((f"{i}.{name}", buf))
         #: the run's :class:`fusedtrain.train.TrainState` (optimizer, step
         #: count, schedule, RNG, history, ...): None until the first fit or
         #: checkpoint load
@@ -138,15 +152,29 @@ class Sequential:
     def named_parameters(self) -> list[tuple[str, NDArray[Any]]]:
         return list(zip(self._names, self._params))
 
+    def named_buffers(self) -> list[tuple[str, NDArray[Any]]]:
+        """("<layer index>.<name>", array) of every buffer: state of the
+        layers that is not a parameter (BatchNorm's running_mean and
+        running_var), in the model's dtype; saved in checkpoints."""
+        return list(self._buffers)
+
     @property
     def input_dim(self) -> int | None:
-        first = next((l for l in self.layers if isinstance(l, Dense)), None)
-        return first.in_features if first else None
+        for l in self.layers:
+            if isinstance(l, Dense):
+                return l.in_features
+            if isinstance(l, (BatchNorm, LayerNorm)):
+                return l.num_features
+        return None
 
     @property
     def output_dim(self) -> int | None:
-        last = next((l for l in reversed(self.layers) if isinstance(l, Dense)), None)
-        return last.out_features if last else None
+        for l in reversed(self.layers):
+            if isinstance(l, Dense):
+                return l.out_features
+            if isinstance(l, (BatchNorm, LayerNorm)):
+                return l.num_features
+        return None
 
     def zero_grad(self) -> None:
         self.grad_arena.fill(0)
@@ -264,6 +292,15 @@ class Sequential:
                        + ("" if layer.use_bias else ", no bias") + ")"
             elif isinstance(layer, Dropout):
                 what = f"Dropout(p={layer.p:g})"
+            elif isinstance(layer, BatchNorm):
+                width = layer.num_features
+                act = layer.activation
+                what = f"BatchNorm({width}" + ("" if act in ("identity", "linear") else f", {act}") \
+                       + ("" if layer.affine else ", no affine") + ")"
+            elif isinstance(layer, LayerNorm):
+                width = layer.num_features
+                what = f"LayerNorm({width}" + ("" if layer.elementwise_affine
+                                               else ", no affine") + ")"
             else:
                 what = type(layer).__name__
             rows.append((f"({i}) {what}", f"(None, {width})" if width else "?", f"{n:,}"))

@@ -7,13 +7,13 @@ import os
 import numpy as np
 
 from . import init as _init
-from .layers import Dense, Dropout
+from .layers import BatchNorm, Dense, Dropout, LayerNorm
 from .model import Sequential
 
 __all__ = ["load_model", "LAYERS"]
 
 #: the layer classes a checkpoint's "layers" entry may name
-LAYERS = {"Dense": Dense, "Dropout": Dropout}
+LAYERS = {"Dense": Dense, "Dropout": Dropout, "BatchNorm": BatchNorm, "LayerNorm": LayerNorm}
 
 
 def _fail(path, what):
