@@ -19,6 +19,7 @@ void bind_chunks(py::module_& m);
 void bind_dense(py::module_& m);
 void bind_loss(py::module_& m);
 void bind_norm(py::module_& m);
+void bind_normalize(py::module_& m);
 void bind_gather(py::module_& m);
 void bind_bench(py::module_& m);  // benchmark-only kernels (bind/bench_bind.cpp)
 }
@@ -104,6 +105,7 @@ PYBIND11_MODULE(_core, m) {
   fusedtrain::bind::bind_dense(m);
   fusedtrain::bind::bind_loss(m);
   fusedtrain::bind::bind_norm(m);
+  fusedtrain::bind::bind_normalize(m);
   fusedtrain::bind::bind_gather(m);
   fusedtrain::bind::bind_bench(m);
 }

@@ -1,7 +1,7 @@
 """fusedtrain CPU kernels (C++, OpenMP, runtime SIMD dispatch).
 
 Type stub of the compiled module, written from csrc/bind/{core_module,
-optim_bind, chunk_bind, dense_bind, loss_bind, norm_bind, gather_bind,
+optim_bind, chunk_bind, dense_bind, loss_bind, norm_bind, normalize_bind, gather_bind,
 bench_bind}.cpp. tests/test_typing.py checks that it declares exactly the
 names the built module exports. Arrays are NumPy arrays (anything else
 raises TypeError); a list argument is a list or tuple of arrays. Users call
@@ -304,6 +304,70 @@ def scale_(grads: _Arrays, coef: float, dry_run: bool = False) -> None:
 
 def clamp_(grads: _Arrays, lo: float, hi: float, dry_run: bool = False) -> None:
     """x = clamp(x, lo, hi) for every element of a list of arrays, in place."""
+
+# --- batch and layer normalization (normalize_bind.cpp; positional only) ----
+
+def batch_norm_forward(
+    x: NDArray[_ScalarT],
+    weight: NDArray[_ScalarT] | None,
+    bias: NDArray[_ScalarT] | None,
+    running_mean: NDArray[_ScalarT] | None,
+    running_var: NDArray[_ScalarT] | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    act_code: int,
+    slope: float,
+    out: NDArray[_ScalarT] | None,
+    /,
+) -> tuple[NDArray[_ScalarT], NDArray[_ScalarT], NDArray[_ScalarT], NDArray[_ScalarT] | None]:
+    """(y, mean, rstd, z): batch normalization + activation; z is the
+    pre-activation where the activation's backward needs it, else None
+    (use fusedtrain.ops.batch_norm_forward)."""
+
+def batch_norm_backward(
+    dy: NDArray[_ScalarT],
+    x: NDArray[_ScalarT],
+    mean: NDArray[_ScalarT],
+    rstd: NDArray[_ScalarT],
+    s: NDArray[_ScalarT] | None,
+    weight: NDArray[_ScalarT] | None,
+    act_code: int,
+    slope: float,
+    dx_out: NDArray[_ScalarT] | None,
+    dweight_out: NDArray[_ScalarT] | None,
+    dbias_out: NDArray[_ScalarT] | None,
+    accumulate: bool,
+    /,
+) -> tuple[NDArray[_ScalarT], NDArray[_ScalarT] | None, NDArray[_ScalarT] | None]:
+    """(dx, dweight, dbias) of batch normalization in training mode
+    (use fusedtrain.ops.batch_norm_backward)."""
+
+def layer_norm_forward(
+    x: NDArray[_ScalarT],
+    weight: NDArray[_ScalarT] | None,
+    bias: NDArray[_ScalarT] | None,
+    eps: float,
+    out: NDArray[_ScalarT] | None,
+    /,
+) -> tuple[NDArray[_ScalarT], NDArray[_ScalarT], NDArray[_ScalarT]]:
+    """(y, mean, rstd): layer normalization of each row
+    (use fusedtrain.ops.layer_norm_forward)."""
+
+def layer_norm_backward(
+    dy: NDArray[_ScalarT],
+    x: NDArray[_ScalarT],
+    mean: NDArray[_ScalarT],
+    rstd: NDArray[_ScalarT],
+    weight: NDArray[_ScalarT] | None,
+    dx_out: NDArray[_ScalarT] | None,
+    dweight_out: NDArray[_ScalarT] | None,
+    dbias_out: NDArray[_ScalarT] | None,
+    accumulate: bool,
+    /,
+) -> tuple[NDArray[_ScalarT], NDArray[_ScalarT] | None, NDArray[_ScalarT] | None]:
+    """(dx, dweight, dbias) of layer normalization
+    (use fusedtrain.ops.layer_norm_backward)."""
 
 # --- the batch gather (gather_bind.cpp) --------------------------------------
 

@@ -370,3 +370,9 @@ def take_rows(src: NDArray[ScalarT], idx: NDArray[np.int64],
 
 
 __all__ += ["take_rows"]
+
+from ._ops_normalize import (batch_norm_backward, batch_norm_forward, layer_norm_backward,  # noqa: E402
+                             layer_norm_forward)
+
+__all__ += ["batch_norm_forward", "batch_norm_backward", "layer_norm_forward",
+            "layer_norm_backward"]

@@ -4,3 +4,6 @@ from .loss import (bce_with_logits, dropout, dropout_backward, dropout_mask, mse
                    softmax_cross_entropy)
 from . import clip
 from .clip import clip_grad_norm, clip_grad_value, global_norm
+from . import normalize
+from .normalize import (batch_norm_backward, batch_norm_forward, layer_norm_backward,
+                        layer_norm_forward)
