@@ -34,6 +34,23 @@ def test_cli_default_reaches_097_on_digits(capsys):
     assert acc >= 0.97, out
 
 
+_NORM_KERNELS = pytest.mark.skipif(
+    not hasattr(ft.ops, "batch_norm_forward") or not hasattr(ft.ops, "layer_norm_forward"),
+    reason="the normalisation kernels (fusedtrain.ops.batch_norm_forward, ...) are not built")
+
+
+@_NORM_KERNELS
+def test_cli_batch_norm_reaches_097_on_digits(capsys):
+    pytest.importorskip("sklearn")
+    # 10 epochs at lr 0.01: about 0.98 in a few seconds
+    assert cli.main(["train", "--quiet", "--validation-split", "0", "--norm", "batch",
+                     "--epochs", "10", "--lr", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "relu batchnorm" in out
+    acc = float(out.split("test accuracy")[1].split()[0])
+    assert acc >= 0.97, out
+
+
 def test_cli_save_resume_and_plot(tmp_path, capsys):
     pytest.importorskip("sklearn")
     ck, png = str(tmp_path / "c.npz"), str(tmp_path / "c.png")
@@ -81,7 +98,7 @@ BAD_VALUES = [
     ("--hidden", "0"), ("--hidden", "12,x"), ("--hidden", ""), ("--hidden", "16,"),
     ("--hidden", "-4"),
     ("--optimizer", "nope"), ("--schedule", "nope"), ("--activation", "softmax"),
-    ("--activation", "swish"), ("--data", "cifar"),
+    ("--activation", "swish"), ("--data", "cifar"), ("--norm", "group"), ("--norm", ""),
     ("--save", ""), ("--resume", ""), ("--plot", ""), ("--data-dir", ""),
 ]
 
@@ -385,3 +402,78 @@ def test_missing_mnist_says_where_it_comes_from(tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert "downloads nothing" in err and "mnist.npz" in err and "idx3-ubyte" in err
     assert "https://" in err
+
+
+# ---------------------------------------------------------------------------
+# --norm
+# ---------------------------------------------------------------------------
+def test_norm_builds_the_layers():
+    args = cli._parser().parse_args(["train", "--hidden", "16,8", "--dropout", "0.1"])
+    assert args.norm == "none"
+    for norm, want in [
+        ("none", ["Dense", "Dropout", "Dense", "Dropout", "Dense"]),
+        ("batch", ["Dense", "BatchNorm", "Dropout", "Dense", "BatchNorm", "Dropout", "Dense"]),
+        ("layer", ["Dense", "LayerNorm", "Dropout", "Dense", "LayerNorm", "Dropout", "Dense"]),
+    ]:
+        args.norm = norm
+        model = cli._build_model(args, 64, 10)
+        assert [type(l).__name__ for l in model.layers] == want
+        dense = model.layers[0]
+        if norm == "batch":  # the activation moves into the BatchNorm, its bias replaces Dense's
+            assert dense.activation == "linear" and not dense.use_bias
+            assert model.layers[1].activation == "relu"
+        else:  # LayerNorm normalises the activated outputs
+            assert dense.activation == "relu" and dense.use_bias
+
+
+def _load_norm(path):
+    from fusedtrain.nn import load_model
+
+    return load_model(path)
+
+
+@_NORM_KERNELS
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_norm_interrupted_and_resumed_is_bitwise_an_uninterrupted_run(norm, tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    flags = SMALL + ["--norm", norm, "--epochs", "3"]
+    full, part, resumed = (str(tmp_path / n) for n in ("full.npz", "part.npz", "resumed.npz"))
+    assert _run(flags + ["--save", full], capsys)[0] == 0
+    _interrupted(flags, part, capsys)
+    code, out, err = _run(flags + ["--resume", part, "--save", resumed], capsys)
+    assert code == 0, err
+    a, b = _load_norm(full), _load_norm(resumed)
+    assert a.param_arena.tobytes() == b.param_arena.tobytes()
+    assert [n for n, _ in a.named_buffers()] == [n for n, _ in b.named_buffers()]
+    assert len(a.named_buffers()) == (2 if norm == "batch" else 0)
+    for (_, x), (_, y) in zip(a.named_buffers(), b.named_buffers()):
+        assert x.tobytes() == y.tobytes()
+    assert_state_dict_equal(a.optimizer.state_dict(), b.optimizer.state_dict())
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer"])
+def test_resume_refuses_another_norm(two_epochs, norm, capsys):
+    before = two_epochs.read_bytes()
+    code, out, err = _run(SMALL + ["--epochs", "4", "--resume", str(two_epochs), "--save",
+                                   str(two_epochs), "--norm", norm], capsys)
+    assert code == 2 and "test accuracy" not in out and "epochs (resumed" not in out
+    assert err.startswith("fusedtrain train: error: argument --norm: ")
+    assert "--norm none" in err and f"--norm {norm}" in err and len(err.splitlines()) == 1
+    assert two_epochs.read_bytes() == before
+
+
+@_NORM_KERNELS
+@pytest.mark.parametrize("norm", ["none", "layer"])
+def test_resume_of_a_batch_norm_run_refuses_another_norm(norm, tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    path = tmp_path / "bn.npz"
+    _interrupted(SMALL + ["--norm", "batch", "--epochs", "3"], path, capsys, after=1)
+    before = path.read_bytes()
+    argv = SMALL + ["--epochs", "3", "--resume", str(path)]
+    if norm != "none":
+        argv += ["--norm", norm]
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and "test accuracy" not in out
+    assert err.startswith("fusedtrain train: error: argument --norm: ")
+    assert "--norm batch" in err and len(err.splitlines()) == 1
+    assert path.read_bytes() == before

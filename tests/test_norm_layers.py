@@ -50,12 +50,14 @@ def _stats(model):
 # ---------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("affine", [True, False])
-@pytest.mark.parametrize("activation", ["identity", "relu"])
+@pytest.mark.parametrize("activation,act_kwargs", [
+    ("identity", {}), (None, {}), ("relu", {}), ("leaky_relu", {"negative_slope": 0.2}),
+    ("sigmoid", {}), ("tanh", {}), ("gelu", {}), ("gelu", {"approximate": "tanh"})])
 @pytest.mark.parametrize("training", [True, False])
-def test_batch_norm_layer_matches_the_reference(dtype, affine, activation, training):
+def test_batch_norm_layer_matches_the_reference(dtype, affine, activation, act_kwargs, training):
     rng = np.random.default_rng(1)
     model = Sequential([BatchNorm(5, momentum=0.2, eps=1e-3, affine=affine,
-                                  activation=activation)], dtype=dtype)
+                                  activation=activation, **act_kwargs)], dtype=dtype)
     bn = model.layers[0]
     if affine:
         bn.weight[...] = rng.uniform(0.5, 1.5, 5)
@@ -68,15 +70,18 @@ def test_batch_norm_layer_matches_the_reference(dtype, affine, activation, train
     w = bn.weight.copy() if affine else None
     b = bn.bias.copy() if affine else None
     want, saved = reference.batch_norm_forward(x, w, b, rm, rv, training=training, momentum=0.2,
-                                               eps=1e-3, activation=activation)
+                                               eps=1e-3, activation=activation, **act_kwargs)
     got = bn.forward(x, training)
     _close(got, want, dtype)
     _close(bn.running_mean, rm, dtype)
     _close(bn.running_var, rv, dtype)
     if not training:
         assert_array_equal(bn.running_mean, rm)  # left alone in inference
+        with pytest.raises(ValueError, match="training mode"):
+            bn.backward(dy)
+        return
     dx_want, dw_want, db_want = reference.batch_norm_backward(dy, x, saved, w,
-                                                              activation=activation)
+                                                              activation=activation, **act_kwargs)
     dx = bn.backward(dy)
     _close(dx, dx_want, dtype)
     if affine:
@@ -338,6 +343,9 @@ def test_a_norm_model_refuses_a_checkpoint_of_another_layout(tmp_path):
     (lambda: BatchNorm(4, eps=float("nan")), ValueError, "eps"),
     (lambda: BatchNorm(4, affine="yes"), TypeError, "affine"),
     (lambda: BatchNorm(4, activation="swish"), ValueError, "activation"),
+    (lambda: BatchNorm(4, activation="softmax"), ValueError, "activation"),
+    (lambda: BatchNorm(4, activation="relu", negative_slope=0.1), TypeError, "negative_slope"),
+    (lambda: BatchNorm(4, activation="leaky_relu", negative_slope=-1.0), ValueError, "slope"),
     (lambda: LayerNorm(-1), ValueError, "num_features"),
     (lambda: LayerNorm(4, eps=-1e-5), ValueError, "eps"),
     (lambda: LayerNorm(4, elementwise_affine=None), TypeError, "elementwise_affine"),

@@ -36,7 +36,7 @@ import time
 from . import data, optim, schedules
 from ._version import __version__
 from .callbacks import Callback
-from .nn import ACTIVATIONS, Dense, Dropout, Sequential
+from .nn import ACTIVATIONS, BatchNorm, Dense, Dropout, LayerNorm, Sequential
 from .train import ON_NONFINITE
 
 __all__ = ["main"]
@@ -50,6 +50,8 @@ DEFAULTS = {"optimizer": "adam", "lr": 3e-3, "momentum": 0.9, "weight_decay": 0.
 MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")
 #: the flag of each optimizer hyperparameter the command line sets
 HYPER_FLAGS = {"lr": "--lr", "momentum": "--momentum", "weight_decay": "--weight-decay", "l1": "--l1"}
+#: --norm's values and the layer class each inserts after the hidden Dense layers
+NORMS = {"none": None, "batch": "BatchNorm", "layer": "LayerNorm"}
 #: where MNIST can be had (fusedtrain downloads nothing)
 MNIST_SOURCES = ("Keras's mnist.npz: https://storage.googleapis.com/tensorflow/tf-keras-datasets/"
                  "mnist.npz; the four IDX files (train-images-idx3-ubyte.gz, "
@@ -212,7 +214,7 @@ def _parser():
             "--weight-decay, --l1 and --schedule left out take the checkpoint's values; given, "
             "they must equal them (the run is refused otherwise: start a new run without "
             "--resume to change them). Give the same model and data flags (--data, --data-dir, --validation-split, "
-            "--hidden, --activation, --dropout, --seed, --batch-size, --accumulate-steps) as the "
+            "--hidden, --activation, --norm, --dropout, --seed, --batch-size, --accumulate-steps) as the "
             "run that wrote the checkpoint. A run with --save that stops (Ctrl-C, a crash) "
             "resumed with the same flags gives bitwise the parameters of a run that never "
             "stopped. A finished run resumed with a larger --epochs stretches its schedule over "
@@ -229,6 +231,13 @@ def _parser():
                         "two, none a linear model (default: 256,256)")
     t.add_argument("--activation", default="relu", choices=_hidden_activations(),
                    help="hidden layers' activation (default: relu)")
+    t.add_argument("--norm", choices=list(NORMS), default="none",
+                   help="normalisation after each hidden Dense layer: batch puts a BatchNorm "
+                        "after it, which applies --activation fused (the Dense then has neither "
+                        "activation nor bias: BatchNorm's bias takes its place); layer puts a "
+                        "LayerNorm after the Dense and its --activation (LayerNorm normalises "
+                        "the activated outputs: the kernels fuse no activation after it); none "
+                        "for neither (default: none)")
     t.add_argument("--optimizer", choices=optim.NAMES,
                    help=f"optimizer (default: {DEFAULTS['optimizer']})")
     t.add_argument("--lr", type=_real_in(0.0, low_open=True),
@@ -322,7 +331,13 @@ def _build_model(args, n_features, n_classes):
     widths = [n_features] + args.hidden
     layers = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers.append(Dense(a, b, activation=args.activation))
+        if args.norm == "batch":
+            layers += [Dense(a, b, activation=None, bias=False),
+                       BatchNorm(b, activation=args.activation)]
+        elif args.norm == "layer":
+            layers += [Dense(a, b, activation=args.activation), LayerNorm(b)]
+        else:
+            layers.append(Dense(a, b, activation=args.activation))
         if args.dropout > 0:
             layers.append(Dropout(args.dropout))
     layers.append(Dense(widths[-1], n_classes))
@@ -338,6 +353,10 @@ def _layers(config) -> str:
                 return f"Dense({cfg['in_features']}, {cfg['out_features']}, {cfg['activation']})"
             if kind == "Dropout":
                 return f"Dropout({cfg['p']})"
+            if kind == "BatchNorm":
+                return f"BatchNorm({cfg['num_features']}, {cfg['activation']})"
+            if kind == "LayerNorm":
+                return f"LayerNorm({cfg['num_features']})"
             return str(kind)
         except (TypeError, ValueError, KeyError):
             return repr(entry)
@@ -357,6 +376,10 @@ def _resume(args, model, steps_per_epoch):
     """Load --resume into ``model``; refuse flags that contradict it.
     Returns (epochs done, the learning rate the schedule starts from)."""
     path = args.resume
+    theirs = _checkpoint_norm(path)
+    if theirs is not None and theirs != args.norm:
+        raise _Refused(f"argument --norm: the checkpoint {path} was trained with --norm {theirs}; "
+                       f"received --norm {args.norm} (give --norm {theirs} to continue it)")
     meta = model.load(path)  # raises ValueError naming the file, changing nothing
     if isinstance(meta, dict) and isinstance(meta.get("layers"), list):
         # the layout is checked by load; the layers' settings (activation,
@@ -364,8 +387,8 @@ def _resume(args, model, steps_per_epoch):
         mine = json.loads(json.dumps(model.config()))
         if meta["layers"] != mine:
             raise _Refused(f"argument --resume: the checkpoint {path} holds the layers "
-                           f"{_layers(meta['layers'])}; --hidden, --activation and --dropout "
-                           f"make {_layers(mine)}")
+                           f"{_layers(meta['layers'])}; --hidden, --activation, --norm and "
+                           f"--dropout make {_layers(mine)}")
     state, opt = model.train_state, model.optimizer
     if state is None or opt is None:
         raise _Refused(f"argument --resume: the checkpoint {path} holds no training state (written before "
@@ -408,6 +431,24 @@ def _resume(args, model, steps_per_epoch):
     return done, ckpt["lr"]
 
 
+def _checkpoint_norm(path):
+    """The --norm a checkpoint's layers were made with; None when its
+    metadata cannot be read or names no such layers in a known way (load
+    then says what is wrong)."""
+    from . import _archive
+
+    try:
+        with _archive.Reader(path) as r:
+            layers = r.json("meta")["layers"]
+        kinds = {entry[0] for entry in layers}
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        return None
+    found = [flag for flag, kind in NORMS.items() if kind in kinds]
+    if len(found) > 1:
+        return None
+    return found[0] if found else "none"
+
+
 def _train(args):
     import fusedtrain
 
@@ -437,7 +478,8 @@ def _train(args):
     widths = [x_train.shape[1]] + args.hidden + [model.output_dim]
     held = f" / {len(validation[0])} validation" if validation is not None else ""
     print(f"fusedtrain {fusedtrain.__version__}: {args.data} {x_train.shape[0]} train{held} / "
-          f"{x_test.shape[0]} test, MLP {'-'.join(map(str, widths))} {args.activation}, "
+          f"{x_test.shape[0]} test, MLP {'-'.join(map(str, widths))} {args.activation}"
+          f"{'' if args.norm == 'none' else f' {args.norm}norm'}, "
           f"{name} lr={lr!r} {args.schedule}, {remaining} epochs"
           + (f" (resumed at epoch {done})" if args.resume else ""), flush=True)
     saver = _SaveEachEpoch(args.save) if args.save else None

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import _validate as V
 from .. import ops
-from .._ops_dense import activation_code
+from .._ops_dense import _act_kwargs, activation_code
 from . import init as _init
 from ._buffers import _Rows
 
@@ -236,25 +236,32 @@ class BatchNorm(Layer):
     predict) the running statistics are used and left alone. ``weight``
     (init 1) and ``bias`` (init 0) are parameters (``affine=False``: none);
     ``running_mean`` (init 0) and ``running_var`` (init 1) are buffers,
-    saved in checkpoints. ``activation``: one of :data:`ACTIVATIONS` without
-    keyword arguments (None, "linear" and "identity": none). Defaults:
-    momentum=0.1, eps=1e-5 (torch's). Ioffe & Szegedy, 2015.
+    saved in checkpoints. ``activation``: one of :data:`ACTIVATIONS` but
+    softmax, with keyword arguments as :class:`Dense`'s (None, "linear" and
+    "identity": none). Defaults: momentum=0.1, eps=1e-5 (torch's). Backward
+    follows a training forward (through the batch statistics); after an
+    inference forward it raises. Ioffe & Szegedy, 2015.
     """
 
     def __init__(self, num_features: int, momentum: float = 0.1, eps: float = 1e-5,
-                 affine: bool = True, activation: str | None = "identity") -> None:
+                 affine: bool = True, activation: str | None = "identity",
+                 **act_kwargs: Any) -> None:
         self.num_features = V.integer("num_features", num_features, 1)
         self.momentum = V.in_range("momentum", momentum, 0.0, 1.0, True)
         self.eps = V.positive("eps", eps)
         self.affine = V.flag("affine", affine)
         if activation is None:
             activation = "linear"
-        if not isinstance(activation, str) or activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(map(repr, ACTIVATIONS))} or "
-                             f"None (linear); received {activation!r}")
+        allowed = [a for a in ACTIVATIONS if a != "softmax"]
+        if not isinstance(activation, str) or activation not in allowed:
+            raise ValueError(f"activation must be one of {', '.join(map(repr, allowed))} or None "
+                             f"(linear); received {activation!r}")
+        _act_kwargs(activation, act_kwargs)  # the keyword arguments: those it takes, valid
         self.activation = activation
+        self.act_kwargs = dict(act_kwargs)
         self.weight = self.bias = self.grad_weight = self.grad_bias = None
         self.running_mean = self.running_var = None
+        self._training = False
         self._bufs = _Rows()  # output, dx
         self._x = self._saved = None
 
@@ -282,21 +289,27 @@ class BatchNorm(Layer):
         y, saved = ops.batch_norm_forward(x, self.weight, self.bias, self.running_mean,
                                           self.running_var, training=bool(training),
                                           momentum=self.momentum, eps=self.eps,
-                                          activation=self._act(), out=out)
-        self._x, self._saved = x, saved
+                                          activation=self._act(), out=out, **self.act_kwargs)
+        self._x, self._saved, self._training = x, saved, bool(training)
         return y
 
     def backward(self, dy, need_dx=True, accumulate=False):
+        if not self._training:
+            raise ValueError(f"{self!r}: backward follows a forward in training mode "
+                             "(training=True); the last forward was in inference mode")
         dx_out = self._bufs.get("dx", dy.shape[0], (self.num_features,), dy.dtype)
         dx, _, _ = ops.batch_norm_backward(dy, self._x, self._saved, self.weight,
                                            activation=self._act(), dx_out=dx_out,
                                            dweight_out=self.grad_weight,
-                                           dbias_out=self.grad_bias, accumulate=accumulate)
+                                           dbias_out=self.grad_bias, accumulate=accumulate,
+                                           **self.act_kwargs)
         return dx
 
     def config(self):
-        return {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps,
-                "affine": self.affine, "activation": self.activation}
+        cfg = {"num_features": self.num_features, "momentum": self.momentum, "eps": self.eps,
+               "affine": self.affine, "activation": self.activation}
+        cfg.update(self.act_kwargs)
+        return cfg
 
 
 class LayerNorm(Layer):
