@@ -178,6 +178,24 @@ def test_training_forward_refuses_a_batch_of_one_sample():
     assert model.forward(x, training=False).shape == (1, 5)  # inference takes one
 
 
+def test_a_nonfinite_batch_leaves_the_running_statistics_as_they_were():
+    x, y = toy_data(n=64, dtype=np.float32)
+    x[20, 3] = np.nan  # batch 2 of 16 without shuffling
+    kw = dict(batch_size=16, shuffle=False, progress=False, optimizer="adam", lr=1e-2)
+    model = _norm_mlp()
+    with pytest.raises(FloatingPointError, match="epoch 1, batch 2"):
+        model.fit(x, y, epochs=1, **kw)
+    ref = _norm_mlp()
+    ref.fit(x[:16], y[:16], epochs=1, **kw)  # the first batch's step alone
+    assert_array_equal(model.param_arena, ref.param_arena)
+    for a, b in zip(_stats(model), _stats(ref)):
+        assert a.tobytes() == b.tobytes()
+    skipped = _norm_mlp()
+    skipped.fit(x, y, epochs=2, on_nonfinite="skip", **kw)
+    assert all(np.isfinite(b).all() for b in _stats(skipped))
+    assert np.isfinite(skipped.predict(x[:16])).all()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_a_model_with_both_norms_trains(dtype):
     x, y = toy_data(n=160, dtype=dtype)

@@ -232,7 +232,8 @@ class BatchNorm(Layer):
     In training (fit) mean and var are the batch's (var biased), and the
     running statistics are updated in place:
     ``running = (1 - momentum) * running + momentum * batch`` (the running
-    variance takes the unbiased batch variance). In inference (evaluate,
+    variance takes the unbiased batch variance; a batch whose statistics
+    are not finite leaves them as they were). In inference (evaluate,
     predict) the running statistics are used and left alone. ``weight``
     (init 1) and ``bias`` (init 0) are parameters (``affine=False``: none);
     ``running_mean`` (init 0) and ``running_var`` (init 1) are buffers,
@@ -261,6 +262,7 @@ class BatchNorm(Layer):
         self.act_kwargs = dict(act_kwargs)
         self.weight = self.bias = self.grad_weight = self.grad_bias = None
         self.running_mean = self.running_var = None
+        self._pending = None  # scratch running statistics of a training forward
         self._training = False
         self._bufs = _Rows()  # output, dx
         self._x = self._saved = None
@@ -286,10 +288,23 @@ class BatchNorm(Layer):
                              f"batch variance of 1 sample is 0); received a batch of shape "
                              f"{x.shape}")
         out = self._bufs.get("out", x.shape[0], (self.num_features,), self.running_mean.dtype)
-        y, saved = ops.batch_norm_forward(x, self.weight, self.bias, self.running_mean,
-                                          self.running_var, training=bool(training),
-                                          momentum=self.momentum, eps=self.eps,
-                                          activation=self._act(), out=out, **self.act_kwargs)
+        rm, rv = self.running_mean, self.running_var
+        if training:
+            # the kernel updates copies; they replace the running statistics
+            # only when finite, so that a batch holding inf / NaN (a step fit
+            # refuses or skips) leaves them as they were
+            if self._pending is None or self._pending[0].dtype != rm.dtype:
+                self._pending = (np.empty_like(rm), np.empty_like(rv))
+            rm, rv = self._pending
+            np.copyto(rm, self.running_mean)
+            np.copyto(rv, self.running_var)
+        y, saved = ops.batch_norm_forward(x, self.weight, self.bias, rm, rv,
+                                          training=bool(training), momentum=self.momentum,
+                                          eps=self.eps, activation=self._act(), out=out,
+                                          **self.act_kwargs)
+        if training and np.isfinite(rm).all() and np.isfinite(rv).all():
+            np.copyto(self.running_mean, rm)
+            np.copyto(self.running_var, rv)
         self._x, self._saved, self._training = x, saved, bool(training)
         return y
 
