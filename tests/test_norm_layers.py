@@ -250,13 +250,16 @@ def test_load_model_rebuilds_both_layers(tmp_path):
     assert_array_equal(rebuilt.predict(x), model.predict(x))
 
 
-def test_resume_with_norm_layers_is_bitwise(tmp_path):
+@pytest.mark.parametrize("extra", [{}, {"accumulate_steps": 2, "clip_norm": 0.5},
+                                   {"loss_scale": "dynamic", "optimizer": "sgd"}])
+def test_resume_with_norm_layers_is_bitwise(tmp_path, extra):
     """As test_faults' _resume_matches: 4 epochs saved after each; a fresh
     model resumed from epoch 2 ends bitwise where the uninterrupted run did
     (parameters, running statistics, optimizer state, history)."""
     x, y = toy_data(n=80, dtype=np.float32)
     kw = dict(batch_size=16, progress=False, optimizer="adamw", lr=0.01, schedule="cosine",
               validation_split=0.2)
+    kw.update(extra)
     full = _norm_mlp(dropout=0.2)
     full.fit(x, y, epochs=4, callbacks=[ModelCheckpoint(tmp_path / "e{epoch}.npz",
                                                         save_best_only=False)], **kw)
