@@ -250,7 +250,10 @@ class Sequential:
 
     def get_weights(self) -> list[NDArray[Any]]:
         """Copies of the parameters, in the order of :meth:`parameters`
-        (per Dense layer: weight (in, out), then bias (out,) when it has one)."""
+        (per Dense layer: weight (in, out), then bias (out,) when it has one;
+        per BatchNorm / LayerNorm with an affine: weight (C,), bias (C,)).
+        BatchNorm's running statistics are buffers, not parameters: see
+        :meth:`named_buffers`."""
         return [p.copy() for p in self._params]
 
     def set_weights(self, weights: Sequence[ArrayLike]) -> None:
