@@ -445,3 +445,29 @@ def test_layer_buffers_stay_bounded_over_many_batch_sizes():
         tracemalloc.stop()
     # one buffer per layer and role, of the largest batch: nothing new kept
     assert grown < 64 * 1024, grown
+
+
+@pytest.mark.parametrize("mode", ["raise", "skip"])
+def test_nonfinite_step_leaves_batchnorm_running_statistics_as_before(mode):
+    from fusedtrain.nn import BatchNorm, Dense, Sequential
+
+    def model():
+        return Sequential([Dense(8, 16), BatchNorm(16, activation="relu"), Dense(16, 5)], seed=0)
+
+    x, y = toy_data(n=64, dtype=np.float32)
+    kw = dict(batch_size=16, shuffle=False, progress=False, metrics=())
+    poisoned = model()
+    _poison_gradient(poisoned, 3)  # a finite loss, a non-finite gradient at batch 3
+    ref = model()
+    ref.fit(x[:32], y[:32], epochs=1, **kw)  # the two steps before it
+    if mode == "raise":
+        with pytest.raises(FloatingPointError, match="batch 3"):
+            poisoned.fit(x, y, epochs=1, **kw)
+        for (name, a), (_, b) in zip(poisoned.named_buffers(), ref.named_buffers()):
+            assert_array_equal(a, b, err_msg=name)
+        assert_array_equal(poisoned.param_arena, ref.param_arena)
+    else:
+        poisoned.fit(x, y, epochs=1, on_nonfinite="skip", **kw)
+        ref.fit(x[48:], y[48:], epochs=1, **kw)  # then batch 4: batch 3 left no trace
+        for (name, a), (_, b) in zip(poisoned.named_buffers(), ref.named_buffers()):
+            assert_array_equal(a, b, err_msg=name)

@@ -507,6 +507,11 @@ class _Run:
         self.state = state
         self.grads = model.gradients()
         self.arena = model.grad_arena  # the gradients as one array: one check, one clip
+        # the layers' buffers (BatchNorm's running statistics) as they were
+        # before the current window: put back when its step is not taken
+        self.buffers = [a for _, a in model.named_buffers()] \
+            if self.on_nonfinite != "ignore" else []
+        self.buffers_before = [np.empty_like(a) for a in self.buffers]
         return state
 
     # ------------------------------------------------------------------ steps
@@ -544,10 +549,13 @@ class _Run:
         return not found
 
     def _nonfinite(self, what: str, where: str) -> bool:
+        for a, before in zip(self.buffers, self.buffers_before):
+            np.copyto(a, before)  # the window's forward passes moved them
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"fit: non-finite {what} (inf or NaN) at {where}; the step was not taken, so "
-                "the parameters and the optimizer state are as they were before it. Check the "
+                "the parameters, the optimizer state and the layers' running statistics are as "
+                "they were before it. Check the "
                 "data and the learning rate, or pass on_nonfinite='skip' to skip such steps")
         self.skipped += 1
         self.state.nonfinite_steps += 1
@@ -585,6 +593,8 @@ class _Run:
             last = start + bs >= min(n, w0 + window)
             if first:
                 window_ok = True
+                for a, before in zip(self.buffers, self.buffers_before):
+                    np.copyto(before, a)
                 if sched is not None:
                     new_lr = float(sched.lr(state.step))
                     for g in opt.param_groups:
