@@ -84,6 +84,30 @@ bool affine_pair(py::handle w_, py::handle b_, int num, py::ssize_t n, py::array
   return true;
 }
 
+// The backward passes' weight and its gradient outputs (dweight_out,
+// dbias_out: given or allocated, disjoint from everything in ins, which
+// gains them); returns affine (weight given).
+bool affine_grads(py::handle w_, py::handle dw_, py::handle db_, bool accumulate, int num,
+                  py::ssize_t C, Named& ins, py::array& w, py::array& dw, py::array& db) {
+  if (w_.is_none()) {
+    if (!dw_.is_none() || !db_.is_none())
+      throw py::value_error(std::string(dw_.is_none() ? "dbias_out" : "dweight_out") +
+                            ": given without weight (no affine: no parameter gradients)");
+    return false;
+  }
+  w = vec("weight", w_, num, C, false, "the dtype of dy");
+  ins.push_back({"weight", w});
+  if (accumulate && (dw_.is_none() || db_.is_none()))
+    throw py::value_error(std::string(dw_.is_none() ? "dweight_out" : "dbias_out") +
+                          ": required when accumulate=True; received None");
+  dw = out_arr("dweight_out", dw_, num, {C}, ins);
+  db = out_arr("dbias_out", db_, num, {C}, ins);
+  disjoint("dweight_out", dw, "dbias_out", db);
+  ins.push_back({"dweight_out", dw});
+  ins.push_back({"dbias_out", db});
+  return true;
+}
+
 }  // namespace
 
 void bind_normalize(py::module_& m) {
@@ -188,26 +212,8 @@ void bind_normalize(py::module_& m) {
           shape_is("saved[2]", s, {B, C});
           ins.push_back({"saved[2]", s});
         }
-        py::array w;
-        const bool affine = !w_.is_none();
-        if (affine) {
-          w = vec("weight", w_, num, C, false, "the dtype of dy");
-          ins.push_back({"weight", w});
-        } else if (!dw_.is_none() || !db_.is_none()) {
-          throw py::value_error(std::string(dw_.is_none() ? "dbias_out" : "dweight_out") +
-                                ": given without weight (no affine: no parameter gradients)");
-        }
-        if (affine && accumulate && (dw_.is_none() || db_.is_none()))
-          throw py::value_error(std::string(dw_.is_none() ? "dweight_out" : "dbias_out") +
-                                ": required when accumulate=True; received None");
-        py::array dw, db;
-        if (affine) {
-          dw = out_arr("dweight_out", dw_, num, {C}, ins);
-          db = out_arr("dbias_out", db_, num, {C}, ins);
-          disjoint("dweight_out", dw, "dbias_out", db);
-          ins.push_back({"dweight_out", dw});
-          ins.push_back({"dbias_out", db});
-        }
+        py::array w, dw, db;
+        const bool affine = affine_grads(w_, dw_, db_, accumulate, num, C, ins, w, dw, db);
         py::array dx = out_arr("dx_out", dx_, num, {B, C}, ins);
         if (B < 1) throw py::value_error("dy: expected at least one row, received shape " + shape_str(dy));
         {
@@ -279,26 +285,8 @@ void bind_normalize(py::module_& m) {
         py::array mean = vec("saved[0] (mean)", mean_, f64_num(), B, false, "float64 (the statistics are kept in double)");
         py::array rstd = vec("saved[1] (rstd)", rstd_, f64_num(), B, false, "float64 (the statistics are kept in double)");
         Named ins = {{"dy", dy}, {"x", x}, {"saved[0]", mean}, {"saved[1]", rstd}};
-        py::array w;
-        const bool affine = !w_.is_none();
-        if (affine) {
-          w = vec("weight", w_, num, C, false, "the dtype of dy");
-          ins.push_back({"weight", w});
-        } else if (!dw_.is_none() || !db_.is_none()) {
-          throw py::value_error(std::string(dw_.is_none() ? "dbias_out" : "dweight_out") +
-                                ": given without weight (no affine: no parameter gradients)");
-        }
-        if (affine && accumulate && (dw_.is_none() || db_.is_none()))
-          throw py::value_error(std::string(dw_.is_none() ? "dweight_out" : "dbias_out") +
-                                ": required when accumulate=True; received None");
-        py::array dw, db;
-        if (affine) {
-          dw = out_arr("dweight_out", dw_, num, {C}, ins);
-          db = out_arr("dbias_out", db_, num, {C}, ins);
-          disjoint("dweight_out", dw, "dbias_out", db);
-          ins.push_back({"dweight_out", dw});
-          ins.push_back({"dbias_out", db});
-        }
+        py::array w, dw, db;
+        const bool affine = affine_grads(w_, dw_, db_, accumulate, num, C, ins, w, dw, db);
         py::array dx = out_arr("dx_out", dx_, num, {B, C}, ins);
         {
           py::gil_scoped_release nogil;  // no Python object is touched below
