@@ -9,6 +9,15 @@ SIMD width, with every option. Then: central finite differences in float64,
 torch.nn.functional parity (forward, autograd backward, running statistics
 over several steps, eval), bad input raising with nothing changed, bitwise
 equality across thread counts, and a large mean in float32.
+
+The GPU twins (fusedtrain._cuda): CPU-run, every defect of a call gives the
+CPU's exception and message on stand-in GPU arrays, a NumPy array in a GPU
+call raises, and a valid call checks everything then raises without a
+device. On a device (skipped without one and CuPy): every output against the
+CPU kernels, bitwise where the math is + - * / (statistics, running
+statistics, parameter gradients, identity / relu / leaky_relu), at the
+reference tolerance through exp / tanh / erf; a call that raises changes
+nothing on the device.
 """
 
 from __future__ import annotations
@@ -19,8 +28,12 @@ import numpy as np
 import pytest
 
 import fusedtrain
-from fusedtrain import ops
+from fusedtrain import backend, ops
 from fusedtrain.reference import normalize as ref
+from test_cuda import FakeGpuArray, needs_cuda_module
+from test_cuda_loss import (
+    _f32, _int_dtype, _readonly, _reshape, _strided, assert_numpy_in_gpu_call_raises,
+    assert_same_error, fake_like)
 
 DTYPES = (np.float32, np.float64)
 # error allowed relative to the reference array's largest magnitude, per dtype:
@@ -324,17 +337,6 @@ def test_bad_input_raises_and_changes_nothing():
             assert np.array_equal(a, a0)
 
 
-def test_gpu_arrays_are_refused():
-    class FakeGpu:
-        __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (0, False),
-                                    "version": 3}
-
-    with pytest.raises(RuntimeError, match="CUDA normalization kernels are not built"):
-        ops.batch_norm_forward(FakeGpu(), None, None, None, None)
-    with pytest.raises(RuntimeError, match="CUDA normalization kernels are not built"):
-        ops.layer_norm_forward(FakeGpu(), None, None)
-
-
 # --- determinism, NaN, large means ------------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -383,3 +385,230 @@ def test_large_mean_float32(shape):
     close("layer y", y, yr, np.float32)
     dx, _, _ = ops.layer_norm_backward(dy, x, s, None)
     close("layer dx", dx, ref.layer_norm_backward(f64(dy), f64(x), sr, None)[0], np.float32)
+
+
+# ===========================================================================
+# GPU twins (_cuda): CPU-run argument checks on stand-ins, then the device
+# ===========================================================================
+
+
+def _bn_fwd_args():
+    x, _, w, b, rm, rv = data((5, 3), np.float64)
+    return {"x": x, "weight": w, "bias": b, "running_mean": rm, "running_var": rv,
+            "out": np.zeros_like(x)}
+
+
+def _bn_bwd_args():
+    x, dy, w, _, _, _ = data((5, 3), np.float64)
+    return {"dy": dy, "x": x, "mean": np.zeros(3), "rstd": np.ones(3), "s": np.zeros_like(x),
+            "weight": w, "dx_out": np.zeros_like(x), "dweight_out": np.zeros(3),
+            "dbias_out": np.zeros(3)}
+
+
+def _ln_fwd_args():
+    x, _, w, b, _, _ = data((5, 3), np.float64)
+    return {"x": x, "weight": w, "bias": b, "out": np.zeros_like(x)}
+
+
+def _ln_bwd_args():
+    x, dy, w, _, _, _ = data((5, 3), np.float64)
+    return {"dy": dy, "x": x, "mean": np.zeros(5), "rstd": np.ones(5), "weight": w,
+            "dx_out": np.zeros_like(x), "dweight_out": np.zeros(3), "dbias_out": np.zeros(3)}
+
+
+NORM_CALLS = {
+    "batch_norm_forward": (_bn_fwd_args, lambda a: ops.batch_norm_forward(
+        a["x"], a["weight"], a["bias"], a["running_mean"], a["running_var"], out=a["out"])),
+    "batch_norm_backward": (_bn_bwd_args, lambda a: ops.batch_norm_backward(
+        a["dy"], a["x"], (a["mean"], a["rstd"], a["s"]), a["weight"], activation="relu",
+        dx_out=a["dx_out"], dweight_out=a["dweight_out"], dbias_out=a["dbias_out"])),
+    "layer_norm_forward": (_ln_fwd_args, lambda a: ops.layer_norm_forward(
+        a["x"], a["weight"], a["bias"], out=a["out"])),
+    "layer_norm_backward": (_ln_bwd_args, lambda a: ops.layer_norm_backward(
+        a["dy"], a["x"], (a["mean"], a["rstd"]), a["weight"], dx_out=a["dx_out"],
+        dweight_out=a["dweight_out"], dbias_out=a["dbias_out"])),
+}
+
+NORM_DEFECTS = [
+    (call, arg, defect)
+    for call, (make, _) in NORM_CALLS.items()
+    for arg in make()
+    for defect in (_f32, _reshape, _int_dtype, _strided)
+] + [
+    ("batch_norm_forward", "running_mean", _readonly),
+    ("batch_norm_forward", "running_var", _readonly),
+    ("batch_norm_forward", "out", _readonly),
+    ("batch_norm_backward", "dx_out", _readonly),
+    ("batch_norm_backward", "dweight_out", _readonly),
+    ("layer_norm_forward", "out", _readonly),
+    ("layer_norm_backward", "dbias_out", _readonly),
+]
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("call,arg,defect", NORM_DEFECTS,
+                         ids=[f"{c}-{a}-{d.__name__[1:]}" for c, a, d in NORM_DEFECTS])
+def test_gpu_defect_gives_the_cpu_message(call, arg, defect):
+    assert_same_error(NORM_CALLS, call, arg, defect)
+
+
+@needs_cuda_module
+@pytest.mark.parametrize("call", list(NORM_CALLS))
+def test_numpy_array_in_a_gpu_norm_call(call):
+    assert_numpy_in_gpu_call_raises(NORM_CALLS, call)
+
+
+@needs_cuda_module
+def test_gpu_batch_norm_one_row_in_training_raises():
+    x = FakeGpuArray((1, 3), "<f4")
+    rm, rv = FakeGpuArray((3,), "<f4"), FakeGpuArray((3,), "<f4")
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        ops.batch_norm_forward(x, None, None, rm, rv)
+
+
+@needs_cuda_module
+def test_gpu_norm_dry_run_checks_only():
+    cuda = backend._cuda
+    x = FakeGpuArray((4, 3), "<f8")
+    assert cuda.batch_norm_forward(x, None, None, None, None, True, 0.1, 1e-5, 0, 0.0, None,
+                                   None, None, True, 0) is None
+    assert cuda.layer_norm_forward(x, None, None, 1e-5, None, None, True, 0) is None
+    with pytest.raises(ValueError, match="out and x: expected separate arrays"):
+        cuda.layer_norm_forward(x, None, None, 1e-5, x, None, True, 0)
+
+
+@pytest.mark.skipif(fusedtrain.cuda_available(), reason="a device is present")
+@needs_cuda_module
+@pytest.mark.parametrize("call", list(NORM_CALLS))
+def test_valid_gpu_norm_call_checks_then_needs_a_device(call):
+    make, run = NORM_CALLS[call]
+    gpu = {k: fake_like(v) for k, v in make().items()}
+    with pytest.raises(RuntimeError, match="no CUDA device is available"):
+        run(gpu)
+
+
+def test_gpu_norm_without_cuda_module(monkeypatch):
+    monkeypatch.setattr(backend, "_cuda", None)
+    with pytest.raises(RuntimeError, match="x is a GPU array, but fusedtrain was built "
+                                           "without CUDA"):
+        ops.batch_norm_forward(FakeGpuArray((2, 3)), None, None, None, None)
+    with pytest.raises(RuntimeError, match="x is a GPU array, but fusedtrain was built "
+                                           "without CUDA"):
+        ops.layer_norm_forward(FakeGpuArray((2, 3)), None, None)
+
+
+# --- on a device: every output against the CPU kernels ----------------------
+needs_gpu = pytest.mark.skipif(not fusedtrain.cuda_available(), reason="no CUDA device")
+
+# activations whose math is + - * / and comparisons only: the GPU's results
+# are the CPU's bit for bit; the others go through the device's exp / tanh /
+# erf and are compared at the reference tolerance
+BITWISE_ACTS = {"identity", "none", "relu", "leaky0.2"}
+GPU_SHAPES = [(2, 1), (7, 3), (33, 17), (1000, 5), (256, 1000), (20000, 3)]
+
+
+def _same(name, got, want, dtype, bitwise):
+    got = got.get() if hasattr(got, "get") else np.asarray(got)
+    if bitwise:
+        assert got.dtype == want.dtype and np.array_equal(got, want, equal_nan=True), name
+    else:
+        close(name, got, want, dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", GPU_SHAPES)
+@pytest.mark.parametrize("name,act,kw", ACTS, ids=ACT_IDS)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("mode", ["train", "train_norunning", "eval"])
+def test_gpu_batch_norm_matches_cpu(dtype, shape, name, act, kw, affine, mode):
+    cp = pytest.importorskip("cupy")
+    training, running = mode != "eval", mode != "train_norunning"
+    x, dy, w, b, rm, rv = data(shape, dtype, affine=affine)
+    if not running:
+        rm = rv = None
+    g = (lambda a: None if a is None else cp.asarray(a))
+    gx, gdy, gw, gb, grm, grv = map(g, (x, dy, w, b, rm, rv))
+    y, saved = ops.batch_norm_forward(x, w, b, rm, rv, training=training, momentum=0.3,
+                                      activation=act, **kw)
+    gy, gsaved = ops.batch_norm_forward(gx, gw, gb, grm, grv, training=training, momentum=0.3,
+                                        activation=act, **kw)
+    bit = name in BITWISE_ACTS
+    _same("y", gy, y, dtype, bit)
+    _same("saved mean", gsaved[0], saved[0], dtype, True)
+    _same("saved rstd", gsaved[1], saved[1], dtype, True)
+    if saved[2] is None:
+        assert gsaved[2] is None
+    else:
+        _same("saved s", gsaved[2], saved[2], dtype, bit)
+    if running:
+        _same("running_mean", grm, rm, dtype, True)
+        _same("running_var", grv, rv, dtype, True)
+    if not training:
+        return
+    for accumulate in (False, True):
+        kwargs, gkwargs = {}, {}
+        if accumulate and affine:
+            kwargs = {"dweight_out": np.full(shape[1], 0.25, dtype),
+                      "dbias_out": np.full(shape[1], -0.5, dtype), "accumulate": True}
+            gkwargs = {k: g(v) if k != "accumulate" else v for k, v in kwargs.items()}
+        # the backward from the CPU's saved values on both sides, so that the
+        # gradients compare bitwise wherever the activation's do
+        gs = (cp.asarray(saved[0]), cp.asarray(saved[1]), g(saved[2]))
+        dx, dw, db = ops.batch_norm_backward(dy, x, saved, w, activation=act, **kwargs, **kw)
+        gdx, gdw, gdb = ops.batch_norm_backward(gdy, gx, gs, gw, activation=act, **gkwargs, **kw)
+        _same("dx", gdx, dx, dtype, bit)
+        if affine:
+            _same("dweight", gdw, dw, dtype, bit)
+            _same("dbias", gdb, db, dtype, bit)
+            if accumulate:
+                assert gdw is gkwargs["dweight_out"] and gdb is gkwargs["dbias_out"]
+        else:
+            assert gdw is None and gdb is None
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", GPU_SHAPES + [(3, 4099)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_gpu_layer_norm_matches_cpu(dtype, shape, affine):
+    cp = pytest.importorskip("cupy")
+    x, dy, w, b, _, _ = data(shape, dtype, affine=affine)
+    g = (lambda a: None if a is None else cp.asarray(a))
+    y, saved = ops.layer_norm_forward(x, w, b)
+    gy, gsaved = ops.layer_norm_forward(g(x), g(w), g(b))
+    _same("y", gy, y, dtype, True)
+    _same("saved mean", gsaved[0], saved[0], dtype, True)
+    _same("saved rstd", gsaved[1], saved[1], dtype, True)
+    yr, sr = ref.layer_norm_forward(f64(x), f64(w), f64(b))
+    close("y vs reference", gy.get(), yr, dtype)
+    for accumulate in (False, True):
+        kwargs, gkwargs = {}, {}
+        if accumulate and affine:
+            kwargs = {"dweight_out": np.full(shape[1], 0.25, dtype),
+                      "dbias_out": np.full(shape[1], -0.5, dtype), "accumulate": True}
+            gkwargs = {k: g(v) if k != "accumulate" else v for k, v in kwargs.items()}
+        dx, dw, db = ops.layer_norm_backward(dy, x, saved, w, **kwargs)
+        gdx, gdw, gdb = ops.layer_norm_backward(g(dy), g(x), gsaved, g(w), **gkwargs)
+        _same("dx", gdx, dx, dtype, True)
+        if affine:
+            _same("dweight", gdw, dw, dtype, True)
+            _same("dbias", gdb, db, dtype, True)
+        else:
+            assert gdw is None and gdb is None
+
+
+@needs_gpu
+def test_gpu_bad_input_changes_nothing():
+    cp = pytest.importorskip("cupy")
+    x, _, w, b, rm, rv = data((1, 3), np.float32)
+    gx, gw, gb, grm, grv = map(cp.asarray, (x, w, b, rm, rv))
+    out = cp.full((1, 3), 7.0, cp.float32)
+    with pytest.raises(ValueError, match="per channel"):
+        ops.batch_norm_forward(gx, gw, gb, grm, grv, out=out)
+    assert np.array_equal(grm.get(), rm) and np.array_equal(grv.get(), rv)
+    assert bool((out == 7.0).all())
+    with pytest.raises(ValueError, match="momentum"):
+        ops.batch_norm_forward(cp.asarray(data((4, 3), np.float32)[0]), gw, gb, grm, grv,
+                               momentum=2.0)
+    assert np.array_equal(grm.get(), rm) and np.array_equal(grv.get(), rv)

@@ -31,7 +31,7 @@ SOURCES = {
     "_core": ["core_module.cpp", "optim_bind.cpp", "chunk_bind.cpp", "dense_bind.cpp",
               "loss_bind.cpp", "norm_bind.cpp", "normalize_bind.cpp", "gather_bind.cpp", "bench_bind.cpp"],
     "_cuda": ["cuda_module.cpp", "cuda_optim_bind.cpp", "cuda_loss_bind.cpp",
-              "cuda_norm_bind.cpp", "cuda_bench_bind.cpp"],
+              "cuda_normalize_bind.cpp", "cuda_norm_bind.cpp", "cuda_bench_bind.cpp"],
     "_cuda_blas": ["cuda_dense_bind.cpp"],
 }
 

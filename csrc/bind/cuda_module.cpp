@@ -15,6 +15,7 @@ namespace py = pybind11;
 namespace fusedtrain::bind {
 void bind_cuda_optim(py::module_& m);
 void bind_cuda_loss(py::module_& m);
+void bind_cuda_normalize(py::module_& m);
 void bind_cuda_norm(py::module_& m);
 void bind_cuda_bench(py::module_& m);  // benchmark-only kernels
 }  // namespace fusedtrain::bind
@@ -41,6 +42,7 @@ PYBIND11_MODULE(_cuda, m) {
       "Result of the device query: count, CUDA error code and message, runtime version.");
   fusedtrain::bind::bind_cuda_optim(m);
   fusedtrain::bind::bind_cuda_loss(m);
+  fusedtrain::bind::bind_cuda_normalize(m);
   fusedtrain::bind::bind_cuda_norm(m);
   fusedtrain::bind::bind_cuda_bench(m);
 }

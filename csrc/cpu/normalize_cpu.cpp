@@ -15,23 +15,9 @@ namespace fusedtrain::cpu {
 
 namespace {
 
-// Fixed row blocks of a (B, C) column reduction: about kBlockElems elements
-// each, at most kMaxBlocks. A function of the shape only.
-constexpr int64_t kBlockElems = 16384;
-constexpr int64_t kMaxBlocks = 64;
-
-struct RowBlocks {
-  int64_t B = 0, rows = 1, count = 0;
-  RowBlocks(int64_t B_, int64_t C) : B(B_) {
-    if (B <= 0) return;
-    const int64_t want = std::max<int64_t>(1, B * std::max<int64_t>(C, 1) / kBlockElems);
-    const int64_t n = std::min<int64_t>({kMaxBlocks, want, B});
-    rows = (B + n - 1) / n;
-    count = (B + rows - 1) / rows;
-  }
-  int64_t begin(int64_t k) const { return std::min(B, k * rows); }
-  int64_t end(int64_t k) const { return std::min(B, (k + 1) * rows); }
-};
+// Fixed row blocks of a (B, C) column reduction (normalize_math.h: the CUDA
+// kernels use the same blocks and add them in the same order).
+using RowBlocks = NormRowBlocks;
 
 // Runs f(k) for k in [0, n) over up to num_threads() threads (fewer for small
 // problems: `elems` elements in all).

@@ -1,7 +1,8 @@
 """fusedtrain CUDA kernels.
 
 Type stub of the compiled module, written from csrc/bind/{cuda_module,
-cuda_optim_bind, cuda_loss_bind, cuda_norm_bind, cuda_bench_bind}.cpp (the
+cuda_optim_bind, cuda_loss_bind, cuda_normalize_bind, cuda_norm_bind,
+cuda_bench_bind}.cpp (the
 module is built only where a CUDA compiler is found; tests/test_typing.py
 checks these names against the bind sources, and against the module where
 it is built). Arrays are objects with __cuda_array_interface__ (CuPy
@@ -246,6 +247,71 @@ def ce_workspace_bytes(n: int) -> int: ...
 def elementwise_workspace_bytes(n: int) -> int: ...
 def label_bytes_text(raw: bytes, is_signed: bool) -> str: ...
 def grid_for(work: int, per_block: int) -> int: ...
+
+# --- batch / layer normalization (cuda_normalize_bind.cpp) --------------------
+# _core's positional arguments, then empty, workspace, dry_run, stream; a dry
+# run returns None. mean / rstd are float64 GPU arrays.
+
+def batch_norm_forward(
+    x: _GpuArray,
+    weight: _GpuArray | None,
+    bias: _GpuArray | None,
+    running_mean: _GpuArray | None,
+    running_var: _GpuArray | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    act_code: int,
+    slope: float,
+    out: _GpuArray | None,
+    empty: _Empty,
+    workspace: _Workspace,
+    dry_run: bool,
+    stream: int,
+) -> tuple[_GpuArray, _GpuArray, _GpuArray, _GpuArray | None] | None: ...
+def batch_norm_backward(
+    dy: _GpuArray,
+    x: _GpuArray,
+    mean: _GpuArray,
+    rstd: _GpuArray,
+    s: _GpuArray | None,
+    weight: _GpuArray | None,
+    act_code: int,
+    slope: float,
+    dx_out: _GpuArray | None,
+    dweight_out: _GpuArray | None,
+    dbias_out: _GpuArray | None,
+    accumulate: bool,
+    empty: _Empty,
+    workspace: _Workspace,
+    dry_run: bool,
+    stream: int,
+) -> tuple[_GpuArray, _GpuArray | None, _GpuArray | None] | None: ...
+def layer_norm_forward(
+    x: _GpuArray,
+    weight: _GpuArray | None,
+    bias: _GpuArray | None,
+    eps: float,
+    out: _GpuArray | None,
+    empty: _Empty,
+    dry_run: bool,
+    stream: int,
+) -> tuple[_GpuArray, _GpuArray, _GpuArray] | None: ...
+def layer_norm_backward(
+    dy: _GpuArray,
+    x: _GpuArray,
+    mean: _GpuArray,
+    rstd: _GpuArray,
+    weight: _GpuArray | None,
+    dx_out: _GpuArray | None,
+    dweight_out: _GpuArray | None,
+    dbias_out: _GpuArray | None,
+    accumulate: bool,
+    empty: _Empty,
+    workspace: _Workspace,
+    dry_run: bool,
+    stream: int,
+) -> tuple[_GpuArray, _GpuArray | None, _GpuArray | None] | None: ...
 
 # --- clipping (cuda_norm_bind.cpp); out / total_norm: one float64 element ---
 

@@ -1,5 +1,6 @@
 """Batch and layer normalization kernels, as torch.nn.functional.batch_norm /
-layer_norm, on 2-d NumPy arrays x of shape (B, C).
+layer_norm, on 2-d arrays x of shape (B, C): NumPy arrays (``_core``) or GPU
+arrays (CuPy, torch CUDA; ``_cuda``, on the caller's current stream).
 
 Statistics are accumulated in double in two passes (mean, then the centred
 sum of squares: no E[x^2] - E[x]^2 cancellation for large means); column
@@ -12,8 +13,14 @@ only the small (C,) or (B,) ``mean`` / ``rstd`` arrays it returns in
 ``saved`` (and, for gelu, the (B, C) pre-activation).
 
 Every argument is checked before anything is written: a call that raises
-changes no output and no running statistic. GPU arrays (CuPy, torch CUDA)
-raise RuntimeError: the CUDA normalization kernels are not built yet.
+changes no output and no running statistic. On the GPU the kernels follow
+the CPU's blocking and order of every sum, so the statistics, running
+statistics and parameter gradients are bitwise the CPU's by construction
+(not yet verified on a device); outputs through
+sigmoid / tanh / gelu may differ from the CPU's by the device's
+transcendental functions' rounding. The GPU's scratch is the backend's
+cached workspace; mean / rstd (and every missing output) are allocated on
+the first array's device.
 
 Re-exported by :mod:`fusedtrain.ops`; runs through
 :func:`fusedtrain.backend.module_for`, like every kernel.
@@ -25,18 +32,10 @@ import math
 
 from . import _validate as V
 from ._ops_dense import _IDENTITY, _SOFTMAX, _act_kwargs
-from .backend import _has_cai, module_for
+from .backend import module_for
 
 __all__ = ["batch_norm_forward", "batch_norm_backward", "layer_norm_forward",
            "layer_norm_backward"]
-
-
-def _cpu_only(func: str, **arrays) -> None:
-    for name, a in arrays.items():
-        if a is not None and _has_cai(a):
-            raise RuntimeError(
-                f"{func}: {name} is a GPU array; the CUDA normalization kernels are not built "
-                "yet in this version of fusedtrain (pass NumPy arrays)")
 
 
 def _eps(eps) -> float:
@@ -81,8 +80,6 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training=True
     Passes over memory: training reads x three times (mean, centred squares,
     output) and writes y once; eval reads x once.
     """
-    _cpu_only("batch_norm_forward", x=x, weight=weight, bias=bias, running_mean=running_mean,
-              running_var=running_var, out=out)
     code, slope = _norm_act(activation, act_kwargs)
     training = V.flag("training", training)
     momentum = V.in_range("momentum", momentum, 0.0, 1.0, True)
@@ -108,11 +105,8 @@ def batch_norm_backward(dy, x, saved, weight, activation="identity", dx_out=None
     Passes over memory: two over dy, x and s (column sums, then dx); dx
     written once.
     """
-    _cpu_only("batch_norm_backward", dy=dy, x=x, weight=weight, dx_out=dx_out,
-              dweight_out=dweight_out, dbias_out=dbias_out)
     code, slope = _norm_act(activation, act_kwargs)
     mean, rstd, s = _unpack("batch_norm_forward", saved, 3)
-    _cpu_only("batch_norm_backward", saved=mean, **{"saved[2]": s})
     return module_for(dy, "dy").batch_norm_backward(
         dy, x, mean, rstd, s, weight, code, slope, dx_out, dweight_out, dbias_out,
         V.flag("accumulate", accumulate))
@@ -129,7 +123,6 @@ def layer_norm_forward(x, weight, bias, eps=1e-5, out=None):
     Passes over memory: one read of x (each row is read three times while
     it is in cache: mean, centred squares, output) and one write of y.
     """
-    _cpu_only("layer_norm_forward", x=x, weight=weight, bias=bias, out=out)
     eps = _eps(eps)
     y, mean, rstd = module_for(x, "x").layer_norm_forward(x, weight, bias, eps, out)
     return y, (mean, rstd)
@@ -147,10 +140,7 @@ def layer_norm_backward(dy, x, saved, weight, dx_out=None, dweight_out=None, dbi
     Passes over memory: one read of dy and x (each row twice while in
     cache), dx written once.
     """
-    _cpu_only("layer_norm_backward", dy=dy, x=x, weight=weight, dx_out=dx_out,
-              dweight_out=dweight_out, dbias_out=dbias_out)
     mean, rstd = _unpack("layer_norm_forward", saved, 2)
-    _cpu_only("layer_norm_backward", saved=mean)
     return module_for(dy, "dy").layer_norm_backward(
         dy, x, mean, rstd, weight, dx_out, dweight_out, dbias_out,
         V.flag("accumulate", accumulate))

@@ -161,7 +161,7 @@ def module_for(first, name: str = "params[0]") -> object:
     GPU's existence). An object exposing ``__cuda_array_interface__`` (a CuPy
     array, a torch CUDA tensor) gets a :class:`CudaModule`: the same method
     names and positional arguments as ``_core`` -- optimizer steps, losses,
-    dropout, dense layers, norms and clipping -- calling ``_cuda`` /
+    dropout, dense layers, batch / layer normalization, norms and clipping -- calling ``_cuda`` /
     ``_cuda_blas`` with the outputs allocated, the workspace and the caller's
     current stream added. The compiled modules check every array of the call,
     with the CPU path's messages, before they launch anything, so a NumPy
@@ -398,6 +398,36 @@ class CudaModule:
     def dropout_backward(self, dy, mask, p, out):
         dy, mask, out = map(_plain, (dy, mask, out))
         return _cuda.dropout_backward(dy, mask, p, out, self._empty, False, self._stream())
+
+    # ------------------------------------------------ batch / layer normalization
+    def batch_norm_forward(self, x, weight, bias, running_mean, running_var, training, momentum,
+                           eps, code, slope, out):
+        x, weight, bias, running_mean, running_var, out = map(
+            _plain, (x, weight, bias, running_mean, running_var, out))
+        return _cuda.batch_norm_forward(x, weight, bias, running_mean, running_var, training,
+                                        momentum, eps, code, slope, out, self._empty,
+                                        self._workspace, False, self._stream())
+
+    def batch_norm_backward(self, dy, x, mean, rstd, s, weight, code, slope, dx_out,
+                            dweight_out, dbias_out, accumulate):
+        dy, x, mean, rstd, s, weight, dx_out, dweight_out, dbias_out = map(
+            _plain, (dy, x, mean, rstd, s, weight, dx_out, dweight_out, dbias_out))
+        return _cuda.batch_norm_backward(dy, x, mean, rstd, s, weight, code, slope, dx_out,
+                                         dweight_out, dbias_out, accumulate, self._empty,
+                                         self._workspace, False, self._stream())
+
+    def layer_norm_forward(self, x, weight, bias, eps, out):
+        x, weight, bias, out = map(_plain, (x, weight, bias, out))
+        return _cuda.layer_norm_forward(x, weight, bias, eps, out, self._empty, False,
+                                        self._stream())
+
+    def layer_norm_backward(self, dy, x, mean, rstd, weight, dx_out, dweight_out, dbias_out,
+                            accumulate):
+        dy, x, mean, rstd, weight, dx_out, dweight_out, dbias_out = map(
+            _plain, (dy, x, mean, rstd, weight, dx_out, dweight_out, dbias_out))
+        return _cuda.layer_norm_backward(dy, x, mean, rstd, weight, dx_out, dweight_out,
+                                         dbias_out, accumulate, self._empty, self._workspace,
+                                         False, self._stream())
 
     def dense_forward(self, x, w, b, out, code, slope):
         x, w, b, out = map(_plain, (x, w, b, out))

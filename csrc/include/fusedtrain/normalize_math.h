@@ -1,5 +1,5 @@
 // Batch and layer normalization, per element and per statistic, for the CPU
-// loops (cpu/normalize_cpu.cpp) and the future CUDA kernels (FT_HD). Formulas
+// loops (cpu/normalize_cpu.cpp) and the CUDA kernels (cuda/normalize_cuda.cu). Formulas
 // follow torch.nn.functional.batch_norm / layer_norm.
 //
 // Statistics are accumulated in double by the caller in two passes (the mean,
@@ -9,10 +9,34 @@
 // rounded to T once.
 #pragma once
 
+#include <cstdint>
+
 #include "fusedtrain/act_math.h"
 #include "fusedtrain/hd.h"
 
 namespace fusedtrain {
+
+// The fixed row blocks of a (B, C) column reduction, shared by the CPU loops
+// and the CUDA kernels so that both add the same partial sums in the same
+// order: about kNormBlockElems elements each, at most kNormMaxBlocks blocks, a
+// function of the shape only (never of the thread count or the device).
+constexpr int64_t kNormBlockElems = 16384;
+constexpr int64_t kNormMaxBlocks = 64;
+
+struct NormRowBlocks {
+  int64_t B = 0, rows = 1, count = 0;
+  FT_HD NormRowBlocks(int64_t B_, int64_t C) : B(B_) {
+    if (B <= 0) return;
+    int64_t want = B * (C > 1 ? C : 1) / kNormBlockElems;
+    if (want < 1) want = 1;
+    int64_t n = want < kNormMaxBlocks ? want : kNormMaxBlocks;
+    if (n > B) n = B;
+    rows = (B + n - 1) / n;
+    count = (B + rows - 1) / rows;
+  }
+  FT_HD int64_t begin(int64_t k) const { return k * rows < B ? k * rows : B; }
+  FT_HD int64_t end(int64_t k) const { return (k + 1) * rows < B ? (k + 1) * rows : B; }
+};
 
 // 1 / sqrt(var + eps), in double (var is the biased variance).
 FT_HD double norm_rstd(double var, double eps) { return 1.0 / ft_sqrt(var + eps); }
