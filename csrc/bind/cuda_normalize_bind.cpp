@@ -123,6 +123,19 @@ py::object given_or_new(bool given, py::handle h, py::handle empty, const char* 
   return make_output(empty, name, shape, typestr, a);
 }
 
+// (dx, dweight, dbias) of a backward pass: the given outputs, or new ones of
+// dy's dtype (dweight, dbias None without affine).
+py::tuple grad_outputs(py::handle empty, const DevArray& dy, int64_t B, int64_t C, bool affine,
+                       bool has_dx, py::handle dx_, DevArray& dx, bool has_dw, py::handle dw_,
+                       DevArray& dw, bool has_db, py::handle db_, DevArray& db) {
+  py::object dx_o =
+      given_or_new(has_dx, dx_, empty, "dx_out", shape_tuple({B, C}), dy.typestr, dx);
+  if (!affine) return py::make_tuple(dx_o, py::none(), py::none());
+  py::object dw_o = given_or_new(has_dw, dw_, empty, "dweight_out", shape_tuple({C}), dy.typestr, dw);
+  py::object db_o = given_or_new(has_db, db_, empty, "dbias_out", shape_tuple({C}), dy.typestr, db);
+  return py::make_tuple(dx_o, dw_o, db_o);
+}
+
 }  // namespace
 
 void bind_cuda_normalize(py::module_& m) {
@@ -250,13 +263,8 @@ void bind_cuda_normalize(py::module_& m) {
                            {"dbias_out", has_db ? &db : nullptr}});
         if (dry_run) return py::none();
         require_device();
-        py::object dx_o =
-            given_or_new(has_dx, dx_, empty, "dx_out", shape_tuple({B, C}), dy.typestr, dx);
-        py::object dw_o = py::none(), db_o = py::none();
-        if (affine) {
-          dw_o = given_or_new(has_dw, dw_, empty, "dweight_out", shape_tuple({C}), dy.typestr, dw);
-          db_o = given_or_new(has_db, db_, empty, "dbias_out", shape_tuple({C}), dy.typestr, db);
-        }
+        py::tuple grads = grad_outputs(empty, dy, B, C, affine, has_dx, dx_, dx, has_dw, dw_, dw,
+                                       has_db, db_, db);
         py::object keep;
         void* ws = make_workspace(workspace, cuda::bn_backward_workspace_bytes(B, C), 8, keep);
         {
@@ -268,7 +276,7 @@ void bind_cuda_normalize(py::module_& m) {
                                     affine ? ptr_of(db) : nullptr, B, C, act, slope, accumulate,
                                     dtype_of(dy), ws, as_stream(stream));
         }
-        return py::make_tuple(dx_o, dw_o, db_o);
+        return grads;
       },
       py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("rstd"), py::arg("s"),
       py::arg("weight"), py::arg("act_code"), py::arg("slope"), py::arg("dx_out"),
@@ -350,13 +358,8 @@ void bind_cuda_normalize(py::module_& m) {
                            {"dbias_out", has_db ? &db : nullptr}});
         if (dry_run) return py::none();
         require_device();
-        py::object dx_o =
-            given_or_new(has_dx, dx_, empty, "dx_out", shape_tuple({B, C}), dy.typestr, dx);
-        py::object dw_o = py::none(), db_o = py::none();
-        if (affine) {
-          dw_o = given_or_new(has_dw, dw_, empty, "dweight_out", shape_tuple({C}), dy.typestr, dw);
-          db_o = given_or_new(has_db, db_, empty, "dbias_out", shape_tuple({C}), dy.typestr, db);
-        }
+        py::tuple grads = grad_outputs(empty, dy, B, C, affine, has_dx, dx_, dx, has_dw, dw_, dw,
+                                       has_db, db_, db);
         py::object keep;
         void* ws = make_workspace(workspace, cuda::ln_backward_workspace_bytes(B, C), 8, keep);
         {
@@ -367,7 +370,7 @@ void bind_cuda_normalize(py::module_& m) {
                                     affine ? ptr_of(dw) : nullptr, affine ? ptr_of(db) : nullptr,
                                     B, C, accumulate, dtype_of(dy), ws, as_stream(stream));
         }
-        return py::make_tuple(dx_o, dw_o, db_o);
+        return grads;
       },
       py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("rstd"), py::arg("weight"),
       py::arg("dx_out"), py::arg("dweight_out"), py::arg("dbias_out"), py::arg("accumulate"),
